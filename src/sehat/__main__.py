@@ -1,0 +1,3 @@
+from sehat.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""The ASGI application: ``create_app()`` builds it, its lifespan opens and closes what it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from sehat import __version__
+from sehat.core.crypto import load_key_ring
+from sehat.core.db import Database, create_engine
+from sehat.core.errors import ServiceUnavailable
+from sehat.core.http import RequestContextMiddleware, install_problem_handlers, problem_response
+from sehat.core.logging import configure_logging
+from sehat.core.migrate import is_up_to_date
+from sehat.identity import api as identity_api
+from sehat.identity import service as identity_service
+from sehat.identity.passwords import Passwords
+from sehat.identity.revocation import MemoryRevokedSessions, RedisRevokedSessions, RevokedSessions
+from sehat.identity.runtime import AuthRuntime
+from sehat.identity.throttle import LoginThrottle
+from sehat.identity.tokens import AccessTokens, SigningKeys
+from sehat.settings import Settings
+from sehat.tenancy import api as tenancy_api
+
+log = structlog.get_logger("sehat.app")
+
+# Routes that need no token. Every other /api/v1 route must declare a permission (tests enforce it).
+PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/api/v1/auth/token", "/api/v1/auth/refresh"})
+
+
+class SchemaNotReady(RuntimeError):
+    pass
+
+
+async def _refresh_signing_keys(app: FastAPI, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with app.state.database.unit_of_work(write=False) as session:
+                await app.state.auth.signing_keys.load(session)
+        except Exception:
+            log.exception("signing_key_refresh_failed")
+
+
+def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
+    key_ring = load_key_ring(settings)
+    signing_keys = SigningKeys(key_ring, settings)
+    revoked: RevokedSessions = RedisRevokedSessions(redis, settings.redis_key_prefix) if redis is not None else MemoryRevokedSessions()
+    return AuthRuntime(
+        settings=settings,
+        key_ring=key_ring,
+        passwords=Passwords(settings),
+        signing_keys=signing_keys,
+        tokens=AccessTokens(signing_keys, settings),
+        revoked=revoked,
+        throttle=LoginThrottle(settings, settings.redis_url),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = Database(create_engine(settings))
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    app.state.database = database
+    app.state.redis = redis
+    refresher: asyncio.Task[None] | None = None
+    try:
+        if not await is_up_to_date(database.engine):
+            raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
+        app.state.auth = build_auth(settings, redis)
+        async with database.unit_of_work() as session:
+            await app.state.auth.signing_keys.ensure_current(session)
+        async with database.unit_of_work(write=False) as session:
+            await identity_service.seed_revocations(session, app.state.auth)
+        refresher = asyncio.create_task(_refresh_signing_keys(app, settings.signing_key_refresh_seconds))
+        log.info("started", version=__version__, backend=database.engine.dialect.name, redis=redis is not None)
+        yield
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        if redis is not None:
+            await redis.aclose()
+        await database.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="sehat",
+        version=__version__,
+        summary="Outpatient care: registry, scheduling, OPD queues, with patient data sealed.",
+        lifespan=lifespan,
+        docs_url=None if settings.is_production else "/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_request_body_bytes, production=settings.is_production
+    )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Touches no dependency."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> object:
+        """Ready: the database (and Redis, when configured) answer."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with request.app.state.database.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "unavailable"
+        if request.app.state.redis is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await request.app.state.redis.ping()
+                checks["redis"] = "ok"
+            except Exception:
+                checks["redis"] = "unavailable"
+        if all(value == "ok" for value in checks.values()):
+            return {"status": "ok", "checks": checks}
+        problem = ServiceUnavailable("A dependency is not ready.", code="not_ready", extra={"checks": checks})
+        return problem_response(problem)
+
+    app.include_router(identity_api.router)
+    app.include_router(tenancy_api.router)
+    return app

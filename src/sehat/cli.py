@@ -1,0 +1,183 @@
+"""The `sehat` command: serve, migrate, demo, administration and key management."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from sehat.settings import Settings
+
+app = typer.Typer(help="sehat: outpatient care for clinics and hospital networks.", no_args_is_help=True)
+admin_app = typer.Typer(help="Platform administration.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+app.add_typer(keys_app, name="keys")
+
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        typer.secho(f"configuration error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+
+
+async def _migrate(settings: Settings) -> str | None:
+    from sehat.core.db import create_engine
+    from sehat.core.migrate import current_revision, upgrade
+
+    engine = create_engine(settings)
+    try:
+        await upgrade(engine)
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    if workers > 1 and not settings.redis_url:
+        typer.secho(
+            "several workers share sessions and throttles through Redis: set SEHAT_REDIS_URL or use --workers 1",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(2)
+    if settings.should_auto_migrate:
+        asyncio.run(_migrate(settings))
+    uvicorn.run(
+        "sehat.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or "127.0.0.1",
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        server_header=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (more than one needs Redis).")] = 1,
+) -> None:
+    """Run the API server. On SQLite the schema is migrated first (set SEHAT_AUTO_MIGRATE to change that)."""
+    _run_server(_settings(), host, port, workers)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (safe to run repeatedly)."""
+    revision = asyncio.run(_migrate(_settings()))
+    typer.echo(f"database schema at revision {revision}")
+
+
+@app.command()
+def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Serve with demo data: one organization, two facilities in two timezones, one user per role."""
+    from sehat.demo import DEMO_PASSWORD, DEMO_TOTP_SECRET
+
+    settings = _settings()
+    if settings.is_production:
+        typer.secho("the demo is refused in production", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    asyncio.run(_migrate(settings))
+    accounts = asyncio.run(_seed_demo(settings))
+    base = f"http://{host}:{port}"
+    lines = [
+        "",
+        f"sehat demo is starting at {base}  (API docs: {base}/docs, health: {base}/healthz)",
+        f"database: {settings.database_url}",
+        "",
+        f"every demo account's password: {DEMO_PASSWORD}",
+        f"staff sign in with a one-time code too; TOTP secret {DEMO_TOTP_SECRET}",
+        "  (current code: python -c \"import pyotp; print(pyotp.TOTP('" + DEMO_TOTP_SECRET + "').now())\")",
+        "",
+    ]
+    lines += [f"  {account.role.value:<15} {account.email}" for account in accounts]
+    typer.echo("\n".join([*lines, ""]))
+    _run_server(settings, host, port, 1)
+
+
+async def _seed_demo(settings: Settings) -> list:  # type: ignore[type-arg]
+    from sehat.app import build_auth
+    from sehat.core.actor import SystemActor
+    from sehat.core.db import Database, create_engine
+    from sehat.demo import seed_demo
+
+    database = Database(create_engine(settings))
+    try:
+        async with database.unit_of_work() as session:
+            return await seed_demo(session, build_auth(settings, None), SystemActor(name="demo"))
+    finally:
+        await database.dispose()
+
+
+@admin_app.command("create-platform-admin")
+def create_platform_admin(
+    email: Annotated[str, typer.Option(help="Sign-in e-mail address.")],
+    name: Annotated[str, typer.Option(help="Full name.")] = "Platform Administrator",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+) -> None:
+    """Create a platform administrator (no route can): the password comes from a prompt or stdin."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    asyncio.run(_create_platform_admin(_settings(), email, name, password))
+    typer.echo("platform administrator created; they enrol a second factor at first sign-in")
+
+
+async def _create_platform_admin(settings: Settings, email: str, name: str, password: str) -> None:
+    from sehat.app import build_auth
+    from sehat.core.actor import SystemActor
+    from sehat.core.db import Database, create_engine
+    from sehat.core.errors import Problem
+    from sehat.identity.service import create_platform_admin as create
+
+    database = Database(create_engine(settings))
+    try:
+        async with database.unit_of_work() as session:
+            await create(session, build_auth(settings, None), SystemActor(name="cli"), email, name, password)
+    except Problem as problem:
+        typer.secho(f"refused: {problem.detail}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from problem
+    finally:
+        await database.dispose()
+
+
+@keys_app.command("rotate-signing")
+def rotate_signing() -> None:
+    """Add a new token-signing key and make it current; tokens signed before stay valid until they expire."""
+    kid = asyncio.run(_rotate_signing(_settings()))
+    typer.echo(f"new signing key {kid} is current; servers pick it up within SEHAT_SIGNING_KEY_REFRESH_SECONDS")
+
+
+async def _rotate_signing(settings: Settings) -> str:
+    from sehat.core.crypto import load_key_ring
+    from sehat.core.db import Database, create_engine
+    from sehat.identity.tokens import SigningKeys
+
+    database = Database(create_engine(settings))
+    try:
+        async with database.unit_of_work() as session:
+            return await SigningKeys(load_key_ring(settings), settings).add_key(session)
+    finally:
+        await database.dispose()
+
+
+def main() -> None:
+    app()

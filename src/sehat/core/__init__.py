@@ -1,0 +1,1 @@
+"""Cross-cutting mechanisms with no domain logic."""

@@ -1,0 +1,161 @@
+"""Engine, declarative base, column types and the unit of work.
+
+One unit of work is one session and one transaction: it commits once at the end and rolls back on error.
+Callbacks registered with ``after_commit`` run only once the commit succeeded, so an event or a realtime
+message is never sent for work that was rolled back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+from sehat.core.clock import utcnow
+from sehat.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+AFTER_COMMIT_KEY = "sehat.after_commit"
+SQLITE_BEGIN_OPTION = "sehat_sqlite_begin"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware in, timezone-aware (UTC) out, on every backend; SQLite stores naive UTC text."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; attach a timezone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class IdMixin:
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
+    # pysqlite's own transaction handling issues BEGIN late and never IMMEDIATE; take it over so a
+    # write transaction holds the write lock from its first statement (no upgrade failures under WAL).
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    if settings.is_sqlite:
+        # Each SQLite connection is cheap; pooling them only holds file locks longer than needed.
+        engine = create_async_engine(settings.database_url, poolclass=NullPool)
+        _install_sqlite_pragmas(engine)
+        return engine
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": "sehat"}}
+    if settings.database_statement_timeout_ms:
+        connect_args["server_settings"]["statement_timeout"] = str(settings.database_statement_timeout_ms)
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_timeout=settings.database_pool_timeout_seconds,
+        pool_pre_ping=False,
+        connect_args=connect_args,
+    )
+
+
+class Database:
+    """Holds the engine and the two session factories: reads, and writes (IMMEDIATE on SQLite)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        write_engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) if self.is_sqlite else engine
+        self._read_sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+        self._write_sessions = async_sessionmaker(write_engine, expire_on_commit=False, autoflush=True)
+
+    def session(self, *, write: bool = True) -> AsyncSession:
+        return (self._write_sessions if write else self._read_sessions)()
+
+    @asynccontextmanager
+    async def unit_of_work(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
+        """For code outside a request (CLI, worker, tests): commit at the end, roll back on error."""
+        session = self.session(write=write)
+        try:
+            yield session
+            await commit(session)
+        except BaseException:
+            await rollback(session)
+            raise
+        finally:
+            await session.close()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
+    session.info.setdefault(AFTER_COMMIT_KEY, []).append(callback)
+
+
+async def commit(session: AsyncSession) -> None:
+    await session.commit()
+    callbacks: list[Callable[[], Awaitable[None]]] = session.info.pop(AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            # The transaction is durable; a failed side effect is logged for the relay to retry, never
+            # turned into an error for a request whose work is already committed.
+            log.exception("after_commit_callback_failed")
+
+
+async def rollback(session: AsyncSession) -> None:
+    session.info.pop(AFTER_COMMIT_KEY, None)
+    await session.rollback()

@@ -1,0 +1,270 @@
+"""HTTP plumbing shared by every domain router: the unit-of-work route, problem rendering, request context.
+
+No domain logic lives here; a domain's ``api.py`` builds its router with ``api_router()`` and takes its
+session from ``get_session``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sehat.core.db import Database, commit, rollback
+from sehat.core.errors import (
+    Conflict,
+    InternalError,
+    InvalidInput,
+    PayloadTooLarge,
+    Problem,
+    ServiceUnavailable,
+    problem_for_status,
+)
+
+log = structlog.get_logger("sehat.http")
+access_log = structlog.get_logger("sehat.access")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_SESSION_KEY = "db_session"
+_WRITE_KEY = "db_write"
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def problem_response(problem: Problem) -> Response:
+    return Response(
+        content=orjson.dumps(problem.body()),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_session(request: Request) -> AsyncSession:
+    """The request's one session, opened on first use so routes that never touch the database pay nothing."""
+    state = request.scope.setdefault("state", {})
+    session = state.get(_SESSION_KEY)
+    if session is None:
+        session = get_database(request).session(write=state.get(_WRITE_KEY, True))
+        state[_SESSION_KEY] = session
+    return session
+
+
+class UnitOfWorkRoute(APIRoute):
+    """Commits the request's transaction before the response leaves, so a 2xx always means durable."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+        writes = not (self.methods or set()) <= _READ_METHODS
+
+        async def run_in_unit_of_work(request: Request) -> Response:
+            state = request.scope.setdefault("state", {})
+            state[_WRITE_KEY] = writes
+            try:
+                response = await handler(request)
+            except Problem as problem:
+                await _finish(state, keep=problem.keep_changes)
+                raise
+            except BaseException:
+                await _finish(state, keep=False)
+                raise
+            await _finish(state, keep=response.status_code < 400)
+            return response
+
+        return run_in_unit_of_work
+
+
+async def _finish(state: dict[str, Any], *, keep: bool) -> None:
+    session: AsyncSession | None = state.pop(_SESSION_KEY, None)
+    if session is None:
+        return
+    try:
+        if keep:
+            await commit(session)
+        else:
+            await rollback(session)
+    finally:
+        await session.close()
+
+
+def api_router(**kwargs: Any) -> APIRouter:
+    return APIRouter(route_class=UnitOfWorkRoute, **kwargs)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body",)] or [str(location[0])]
+    return ".".join(parts)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Only where and why: pydantic's "input" and "ctx" may echo a password or a phone number back.
+    errors = [
+        {"field": _field_name(tuple(error.get("loc", ()))), "message": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    problem = InvalidInput(
+        "The request has invalid fields." if errors else "The request is invalid.", extra={"errors": errors}
+    )
+    return problem_response(problem)
+
+
+async def _on_problem(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc)
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    problem = problem_for_status(exc.status_code, exc.detail if isinstance(exc.detail, str) else None)
+    if exc.headers:
+        problem.headers.update(exc.headers)
+    return problem_response(problem)
+
+
+async def _on_integrity_error(_request: Request, _exc: Exception) -> Response:
+    return problem_response(Conflict("The change conflicts with existing data.", code="integrity_conflict"))
+
+
+async def _on_unavailable(_request: Request, exc: Exception) -> Response:
+    log.warning("dependency_unavailable", exc_type=type(exc).__name__)
+    return problem_response(
+        ServiceUnavailable("A dependency is not answering; try again shortly.", headers={"Retry-After": "2"})
+    )
+
+
+async def _on_unexpected(_request: Request, exc: Exception) -> Response:
+    log.error("unhandled_error", exc_type=type(exc).__name__, exc_info=exc)
+    return problem_response(InternalError("Something went wrong on our side; it has been logged."))
+
+
+def install_problem_handlers(app: Any) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(IntegrityError, _on_integrity_error)
+    app.add_exception_handler(PoolTimeoutError, _on_unavailable)
+    app.add_exception_handler(OperationalError, _on_unavailable)
+    app.add_exception_handler(ConnectionError, _on_unavailable)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    # An HTTPException so that FastAPI's body parser re-raises it instead of turning it into a 400.
+    def __init__(self) -> None:
+        super().__init__(status_code=413)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class RequestContextMiddleware:
+    """Request id, body-size limit, security headers and one access-log line per request (no query string)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, production: bool) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        base_headers = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+        if production:
+            base_headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+        self.base_headers = base_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status_holder = [500]
+        response_started = False
+        extra_headers = [*self.base_headers, (b"x-request-id", request_id.encode())]
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers + extra_headers
+            await send(message)
+
+        try:
+            declared = _header(scope, b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+                await self._send_too_large(send_with_headers)
+                return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise BodyTooLarge()
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_with_headers)
+            except BodyTooLarge:
+                if response_started:
+                    raise
+                await self._send_too_large(send_with_headers)
+        finally:
+            route = scope.get("route")
+            access_log.info(
+                "request",
+                method=scope.get("method"),
+                route=getattr(route, "path", None) or "unmatched",
+                status=status_holder[0],
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _send_too_large(self, send: Send) -> None:
+        problem = PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+        body = orjson.dumps(problem.body())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None

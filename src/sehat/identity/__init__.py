@@ -1,0 +1,1 @@
+"""Users, credentials, sessions and tokens, second factors, roles and permissions."""

@@ -1,0 +1,100 @@
+"""Authentication and permission checks for routes: ``Depends(require(permission))``.
+
+Checking a request costs no database round trip: the token's signature is verified with an in-memory key
+(and remembered until it expires), and revocation is looked up in memory or Redis by session id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from sehat.core.actor import Actor, Audience, TokenScope
+from sehat.core.errors import Forbidden, Unauthenticated
+from sehat.identity.permissions import SELF_SERVICE, permissions_for
+from sehat.identity.runtime import AuthRuntime
+from sehat.identity.tokens import AccessClaims, InvalidToken, UnknownSigningKey
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")
+_INVALID = "The access token is missing, invalid or expired."
+
+
+def get_auth(request: Request) -> AuthRuntime:
+    return request.app.state.auth
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _verify(request: Request, auth: AuthRuntime, token: str) -> AccessClaims:
+    try:
+        return auth.tokens.verify(token)
+    except UnknownSigningKey:
+        # Another server may have rotated the signing key moments ago; look once, rate-limited.
+        if not auth.signing_keys.may_reload_for_unknown_kid():
+            raise
+        async with request.app.state.database.unit_of_work(write=False) as session:
+            await auth.signing_keys.load(session)
+        return auth.tokens.verify(token)
+
+
+class Require:
+    """A route's declared permission. The deny-by-default test finds these on every protected route."""
+
+    def __init__(
+        self,
+        permission: str,
+        *,
+        audiences: Collection[Audience] = (Audience.staff,),
+        allow_enrolment_scope: bool = False,
+    ) -> None:
+        self.permission = permission
+        self.audiences = frozenset(audiences)
+        self.allow_enrolment_scope = allow_enrolment_scope
+
+    async def __call__(
+        self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> Actor:
+        if credentials is None:
+            raise Unauthenticated(_INVALID, code="invalid_token")
+        auth = get_auth(request)
+        try:
+            claims = await _verify(request, auth, credentials.credentials)
+        except InvalidToken as exc:
+            raise Unauthenticated(_INVALID, code="invalid_token") from exc
+        if claims.audience not in self.audiences:
+            raise Unauthenticated("This token is not valid for this endpoint.", code="wrong_audience")
+        if await auth.revoked.is_revoked(claims.session_id):
+            raise Unauthenticated("The session has ended; sign in again.", code="session_revoked")
+        if claims.scope is TokenScope.mfa_enrollment and not self.allow_enrolment_scope:
+            raise Forbidden(
+                "Enrol a second factor first (POST /api/v1/auth/mfa/enroll).", code="mfa_enrollment_required"
+            )
+        permissions = permissions_for(claims.roles)
+        if self.permission not in permissions:
+            raise Forbidden("Your role does not allow this action.", code="permission_denied")
+        actor = Actor(
+            user_id=claims.user_id,
+            organization_id=claims.organization_id,
+            roles=claims.roles,
+            audience=claims.audience,
+            session_id=claims.session_id,
+            token_id=claims.token_id,
+            scope=claims.scope,
+            permissions=permissions,
+            client_address=client_address(request),
+            request_id=request.scope.get("state", {}).get("request_id"),
+        )
+        request.scope["state"]["actor"] = actor
+        return actor
+
+
+def require(permission: str, **options: object) -> Require:
+    return Require(permission, **options)  # type: ignore[arg-type]
+
+
+# Any signed-in person, staff or patient, acting on their own session, even before enrolling a factor.
+require_self = Require(SELF_SERVICE, audiences=(Audience.staff, Audience.patient), allow_enrolment_scope=True)

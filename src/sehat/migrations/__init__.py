@@ -1,0 +1,1 @@
+"""Alembic migrations; run with `sehat migrate` (or automatically by `sehat serve` on SQLite)."""

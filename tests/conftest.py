@@ -1,0 +1,323 @@
+"""Test harness: every test that takes ``backend`` runs on SQLite and on PostgreSQL.
+
+PostgreSQL and Redis are real servers. Outside CI a missing PostgreSQL skips its half of the suite; with
+CI=true a missing server, or any skipped PostgreSQL test, fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from sehat.app import create_app
+from sehat.core.actor import SystemActor
+from sehat.core.crypto import KeyRing
+from sehat.core.db import create_engine
+from sehat.core.migrate import upgrade
+from sehat.identity import service as identity_service
+from sehat.identity.schemas import OrgAdminCreate, UserCreate
+from sehat.models import metadata
+from sehat.settings import Settings
+from sehat.tenancy import service as tenancy_service
+from sehat.tenancy.schemas import FacilityCreate, OrganizationCreate
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+POSTGRES_URL = os.environ.get("SEHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/sehat_test")
+REDIS_URL = os.environ.get("SEHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+MASTER_KEY = KeyRing.generate_entry("test1")
+PASSWORD = "correct horse battery staple"
+
+# Argon2 at its cheapest, so hundreds of sign-ins stay fast; one test checks the production parameters.
+FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 8, "argon2_parallelism": 1}
+
+
+def _run_blocking(coroutine_function: Callable[[], Any]) -> Any:
+    """Run one-time async setup from a sync session fixture, on its own thread and event loop."""
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine_function()).result()
+
+
+def _base_url_of(url: str) -> tuple[str, str]:
+    base, _, name = url.rpartition("/")
+    return base, name
+
+
+async def _prepare_postgres() -> str | None:
+    """Recreate the test database and migrate it; the reason it cannot be used, or None."""
+    base, name = _base_url_of(POSTGRES_URL)
+    admin = create_async_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means "not available" here
+        return f"PostgreSQL not available at {base}: {type(exc).__name__}"
+    finally:
+        await admin.dispose()
+    engine = create_engine(Settings(database_url=POSTGRES_URL))
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_ready() -> str | None:
+    return _run_blocking(_prepare_postgres)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrate one SQLite file once; each test gets a copy, which is far cheaper than migrating again."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    engine = create_engine(Settings(database_url=f"sqlite+aiosqlite:///{path}"))
+
+    async def migrate() -> None:
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    _run_blocking(migrate)
+    return path
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true requires it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "sehat.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    reason = request.getfixturevalue("postgres_ready")
+    if reason:
+        _unavailable(reason)
+    yield POSTGRES_URL
+    await _empty_postgres_tables()
+
+
+async def _empty_postgres_tables() -> None:
+    engine = create_async_engine(POSTGRES_URL)
+    try:
+        async with engine.begin() as connection:
+            names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+            await connection.execute(text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis not available: {type(exc).__name__}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "master_key": MASTER_KEY,
+            "redis_key_prefix": f"t{uuid.uuid4().hex[:12]}:",
+            **FAST_HASHING,
+            **overrides,
+        }
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+@dataclass
+class Api:
+    """An HTTP client on a running app, plus shortcuts that build data through the real services."""
+
+    client: httpx.AsyncClient
+    app: Any
+    mfa_secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database(self) -> Any:
+        return self.app.state.database
+
+    @property
+    def auth(self) -> Any:
+        return self.app.state.auth
+
+    async def sign_in(self, email: str, password: str = PASSWORD, otp: str | None = None) -> httpx.Response:
+        form = {"username": email, "password": password}
+        if otp is not None:
+            form["otp"] = otp
+        return await self.client.post("/api/v1/auth/token", data=form)
+
+    async def full_session(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
+        """Sign in the way a person would: enrolling a second factor first if the account has none."""
+        secret = self.mfa_secrets.get(email)
+        otp = None
+        if secret is not None:
+            # The current step may already be spent by an earlier sign-in; the next one is within drift.
+            otp = pyotp.TOTP(secret).generate_otp(pyotp.TOTP(secret).timecode(_now()) + 1)
+        response = await self.sign_in(email, password, otp)
+        assert response.status_code == 200, response.text
+        tokens = response.json()
+        if tokens["scope"] == "mfa_enroll":
+            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+            enrolment = (await self.client.post("/api/v1/auth/mfa/enroll", headers=headers)).json()
+            self.mfa_secrets[email] = enrolment["secret"]
+            confirmed = await self.client.post(
+                "/api/v1/auth/mfa/confirm", headers=headers, json={"otp": pyotp.TOTP(enrolment["secret"]).now()}
+            )
+            assert confirmed.status_code == 200, confirmed.text
+            tokens = confirmed.json()
+        return tokens
+
+    async def headers_for(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        return {"Authorization": f"Bearer {(await self.full_session(email, password))['access_token']}"}
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[Any]:
+        async with self.database.unit_of_work() as session:
+            yield session
+
+
+def _now() -> Any:
+    from sehat.core.clock import utcnow
+
+    return utcnow()
+
+
+@pytest.fixture
+def start_api(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
+    """``async with start_api(**settings) as api``: a running app (lifespan included) and a client for it."""
+
+    @asynccontextmanager
+    async def start(client_address: str = "203.0.113.10", **overrides: Any) -> AsyncIterator[Api]:
+        app = create_app(make_settings(**overrides))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app, client=(client_address, 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://sehat.test") as client:
+                yield Api(client=client, app=app)
+
+    return start
+
+
+@pytest.fixture
+async def api(start_api: Callable[..., Any]) -> AsyncIterator[Api]:
+    async with start_api() as running:
+        yield running
+
+
+@dataclass
+class Tenant:
+    organization_id: uuid.UUID
+    facility_ids: list[uuid.UUID]
+    admin_email: str
+    emails: dict[str, str]
+
+
+async def build_tenant(api: Api, slug: str, roles: tuple[str, ...] = ("front_office", "doctor")) -> Tenant:
+    """An organization with two facilities, an org admin, and one user per listed role (first facility)."""
+    system = SystemActor(name="test")
+    async with api.unit_of_work() as session:
+        organization = await tenancy_service.create_organization(
+            session, system, OrganizationCreate(name=f"Org {slug}", slug=slug)
+        )
+        admin = await identity_service.create_org_admin(
+            session, api.auth, system, organization.id,
+            OrgAdminCreate(email=f"admin@{slug}.test", full_name="Org Admin", password=PASSWORD),
+        )
+    admin_actor = await _actor_for(api, admin.id)
+    facility_ids = []
+    async with api.unit_of_work() as session:
+        for code, timezone in (("NORTH", "Asia/Karachi"), ("SOUTH", "Europe/London")):
+            facility = await tenancy_service.create_facility(
+                session, admin_actor, FacilityCreate(name=f"{slug} {code}", code=code, timezone=timezone)
+            )
+            facility_ids.append(facility.id)
+        emails = {}
+        for role in roles:
+            email = f"{role.replace('_', '-')}@{slug}.test"
+            await identity_service.create_user(
+                session, api.auth, admin_actor,
+                UserCreate(email=email, full_name=f"{role} person", roles=[role], facility_ids=[facility_ids[0]],
+                           password=PASSWORD),
+            )
+            emails[role] = email
+    return Tenant(organization.id, facility_ids, f"admin@{slug}.test", emails)
+
+
+async def _actor_for(api: Api, user_id: uuid.UUID) -> Any:
+    """A service-level actor for a user, as the auth dependency would build it from their token."""
+    from sehat.core.actor import Actor, Audience, Role
+    from sehat.identity.models import User
+    from sehat.identity.permissions import permissions_for
+
+    async with api.unit_of_work() as session:
+        user = await session.get(User, user_id)
+        roles = frozenset(Role(role) for role in user.roles)
+        return Actor(
+            user_id=user.id, organization_id=user.organization_id, roles=roles, audience=Audience.staff,
+            session_id=uuid.uuid4(), token_id="test", permissions=permissions_for(roles),
+        )
+
+
+@pytest.fixture
+async def tenant(api: Api) -> Tenant:
+    return await build_tenant(api, "alpha")
+
+
+@pytest.fixture
+async def other_tenant(api: Api) -> Tenant:
+    return await build_tenant(api, "beta")
+
+
+def _skipped_backend_tests(config: pytest.Config) -> list[Any]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    skipped = getattr(reporter, "stats", {}).get("skipped", []) if reporter else []
+    return [report for report in skipped if "postgresql" in report.nodeid or "redis" in report.nodeid]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # With CI=true the backends are required: a skipped PostgreSQL or Redis test fails the run.
+    if IN_CI and _skipped_backend_tests(session.config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    skipped = _skipped_backend_tests(config)
+    if IN_CI and skipped:
+        terminalreporter.write_line(f"CI=true: {len(skipped)} PostgreSQL/Redis tests were skipped: failing", red=True)

@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,7 +37,10 @@ from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.schemas import FacilityCreate, OrganizationCreate
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-POSTGRES_URL = os.environ.get("SEHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/sehat_test")
+# One database per test process, so two suites running at once (two developers, parallel helpers) never
+# drop each other's data.
+POSTGRES_SERVER = os.environ.get("SEHAT_TEST_POSTGRES_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+POSTGRES_URL = f"{POSTGRES_SERVER}/sehat_test_{os.getpid()}"
 REDIS_URL = os.environ.get("SEHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MASTER_KEY = KeyRing.generate_entry("test1")
 PASSWORD = "correct horse battery staple"
@@ -57,18 +60,24 @@ def _base_url_of(url: str) -> tuple[str, str]:
     return base, name
 
 
-async def _prepare_postgres() -> str | None:
-    """Recreate the test database and migrate it; the reason it cannot be used, or None."""
-    base, name = _base_url_of(POSTGRES_URL)
+async def _recreate_database(url: str, *, create: bool = True) -> None:
+    base, name = _base_url_of(url)
     admin = create_async_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as connection:
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means "not available" here
-        return f"PostgreSQL not available at {base}: {type(exc).__name__}"
+            if create:
+                await connection.execute(text(f'CREATE DATABASE "{name}"'))
     finally:
         await admin.dispose()
+
+
+async def _prepare_postgres() -> str | None:
+    """Create this process's test database and migrate it; the reason it cannot be used, or None."""
+    try:
+        await _recreate_database(POSTGRES_URL)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available" here
+        return f"PostgreSQL not available at {POSTGRES_SERVER}: {type(exc).__name__}"
     engine = create_engine(Settings(database_url=POSTGRES_URL))
     try:
         await upgrade(engine)
@@ -78,8 +87,11 @@ async def _prepare_postgres() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_ready() -> str | None:
-    return _run_blocking(_prepare_postgres)
+def postgres_ready() -> Iterator[str | None]:
+    reason = _run_blocking(_prepare_postgres)
+    yield reason
+    if reason is None:
+        _run_blocking(lambda: _recreate_database(POSTGRES_URL, create=False))
 
 
 @pytest.fixture(scope="session")

@@ -39,14 +39,22 @@ class SchemaNotReady(RuntimeError):
     pass
 
 
-async def _refresh_signing_keys(app: FastAPI, interval: float) -> None:
+async def _sync_shared_state(app: FastAPI) -> None:
+    """Reload signing keys and re-seed revoked sessions from the database, the record of both.
+
+    Re-seeding heals a revocation store that lost its contents (a Redis restarted without persistence)."""
+    async with app.state.database.unit_of_work(write=False) as session:
+        await app.state.auth.signing_keys.load(session)
+        await identity_service.seed_revocations(session, app.state.auth)
+
+
+async def _keep_shared_state_fresh(app: FastAPI, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            async with app.state.database.unit_of_work(write=False) as session:
-                await app.state.auth.signing_keys.load(session)
-        except Exception:
-            log.exception("signing_key_refresh_failed")
+            await _sync_shared_state(app)
+        except Exception as exc:
+            log.warning("shared_state_refresh_failed", exc_type=type(exc).__name__)
 
 
 def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
@@ -78,9 +86,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.auth = build_auth(settings, redis)
         async with database.unit_of_work() as session:
             await app.state.auth.signing_keys.ensure_current(session)
-        async with database.unit_of_work(write=False) as session:
-            await identity_service.seed_revocations(session, app.state.auth)
-        refresher = asyncio.create_task(_refresh_signing_keys(app, settings.signing_key_refresh_seconds))
+        try:
+            await _sync_shared_state(app)
+        except ServiceUnavailable:
+            # Start anyway: /readyz reports the store, and every authenticated request fails closed meanwhile.
+            log.warning("revocation_store_unavailable_at_start")
+        refresher = asyncio.create_task(_keep_shared_state_fresh(app, settings.signing_key_refresh_seconds))
         log.info("started", version=__version__, backend=database.engine.dialect.name, redis=redis is not None)
         yield
     finally:

@@ -39,8 +39,12 @@ log = structlog.get_logger("sehat.http")
 access_log = structlog.get_logger("sehat.access")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-_SESSION_KEY = "db_session"
-_WRITE_KEY = "db_write"
+# Per-request values live under our own keys in the ASGI scope, which is one dict per request. Not in
+# scope["state"]: servers may hand every request the same lifespan state dict.
+SCOPE_SESSION = "sehat.session"
+SCOPE_WRITES = "sehat.writes"
+SCOPE_REQUEST_ID = "sehat.request_id"
+SCOPE_ACTOR = "sehat.actor"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -59,11 +63,11 @@ def get_database(request: Request) -> Database:
 
 def get_session(request: Request) -> AsyncSession:
     """The request's one session, opened on first use so routes that never touch the database pay nothing."""
-    state = request.scope.setdefault("state", {})
-    session = state.get(_SESSION_KEY)
+    scope = request.scope
+    session = scope.get(SCOPE_SESSION)
     if session is None:
-        session = get_database(request).session(write=state.get(_WRITE_KEY, True))
-        state[_SESSION_KEY] = session
+        session = get_database(request).session(write=scope.get(SCOPE_WRITES, True))
+        scope[SCOPE_SESSION] = session
     return session
 
 
@@ -75,24 +79,24 @@ class UnitOfWorkRoute(APIRoute):
         writes = not (self.methods or set()) <= _READ_METHODS
 
         async def run_in_unit_of_work(request: Request) -> Response:
-            state = request.scope.setdefault("state", {})
-            state[_WRITE_KEY] = writes
+            scope = request.scope
+            scope[SCOPE_WRITES] = writes
             try:
                 response = await handler(request)
             except Problem as problem:
-                await _finish(state, keep=problem.keep_changes)
+                await _finish(scope, keep=problem.keep_changes)
                 raise
             except BaseException:
-                await _finish(state, keep=False)
+                await _finish(scope, keep=False)
                 raise
-            await _finish(state, keep=response.status_code < 400)
+            await _finish(scope, keep=response.status_code < 400)
             return response
 
         return run_in_unit_of_work
 
 
-async def _finish(state: dict[str, Any], *, keep: bool) -> None:
-    session: AsyncSession | None = state.pop(_SESSION_KEY, None)
+async def _finish(scope: Scope, *, keep: bool) -> None:
+    session: AsyncSession | None = scope.pop(SCOPE_SESSION, None)
     if session is None:
         return
     try:
@@ -197,7 +201,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope[SCOPE_REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status_holder = [500]
         response_started = False

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sehat.core.actor import Actor, Audience, TokenScope
 from sehat.core.errors import Forbidden, Unauthenticated
+from sehat.core.http import SCOPE_ACTOR, SCOPE_REQUEST_ID
 from sehat.identity.permissions import SELF_SERVICE, permissions_for
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.tokens import AccessClaims, InvalidToken, UnknownSigningKey
@@ -86,9 +87,9 @@ class Require:
             scope=claims.scope,
             permissions=permissions,
             client_address=client_address(request),
-            request_id=request.scope.get("state", {}).get("request_id"),
+            request_id=request.scope.get(SCOPE_REQUEST_ID),
         )
-        request.scope["state"]["actor"] = actor
+        request.scope[SCOPE_ACTOR] = actor
         return actor
 
 

@@ -142,7 +142,7 @@ async def refresh(session: AsyncSession, auth: AuthRuntime, refresh_token: str) 
     found = row.first()
     if found is None:
         raise Unauthenticated("The refresh token is not valid.", code="invalid_refresh_token")
-    token, auth_session = found.tuple()
+    token, auth_session = found
     if auth_session.revoked_at is not None:
         raise Unauthenticated("The session has ended.", code="session_revoked")
     if token.used_at is not None:

@@ -76,7 +76,7 @@ async def _prepare_postgres() -> str | None:
     """Create this process's test database and migrate it; the reason it cannot be used, or None."""
     try:
         await _recreate_database(POSTGRES_URL)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available" here
+    except Exception as exc:
         return f"PostgreSQL not available at {POSTGRES_SERVER}: {type(exc).__name__}"
     engine = create_engine(Settings(database_url=POSTGRES_URL))
     try:
@@ -122,9 +122,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[str]:
+async def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if backend == "sqlite":
         template = request.getfixturevalue("sqlite_template")
         path = tmp_path / "sehat.db"
@@ -269,7 +267,10 @@ async def build_tenant(api: Api, slug: str, roles: tuple[str, ...] = ("front_off
             session, system, OrganizationCreate(name=f"Org {slug}", slug=slug)
         )
         admin = await identity_service.create_org_admin(
-            session, api.auth, system, organization.id,
+            session,
+            api.auth,
+            system,
+            organization.id,
             OrgAdminCreate(email=f"admin@{slug}.test", full_name="Org Admin", password=PASSWORD),
         )
     admin_actor = await _actor_for(api, admin.id)
@@ -284,9 +285,16 @@ async def build_tenant(api: Api, slug: str, roles: tuple[str, ...] = ("front_off
         for role in roles:
             email = f"{role.replace('_', '-')}@{slug}.test"
             await identity_service.create_user(
-                session, api.auth, admin_actor,
-                UserCreate(email=email, full_name=f"{role} person", roles=[role], facility_ids=[facility_ids[0]],
-                           password=PASSWORD),
+                session,
+                api.auth,
+                admin_actor,
+                UserCreate(
+                    email=email,
+                    full_name=f"{role} person",
+                    roles=[role],
+                    facility_ids=[facility_ids[0]],
+                    password=PASSWORD,
+                ),
             )
             emails[role] = email
     return Tenant(organization.id, facility_ids, f"admin@{slug}.test", emails)
@@ -302,8 +310,13 @@ async def _actor_for(api: Api, user_id: uuid.UUID) -> Any:
         user = await session.get(User, user_id)
         roles = frozenset(Role(role) for role in user.roles)
         return Actor(
-            user_id=user.id, organization_id=user.organization_id, roles=roles, audience=Audience.staff,
-            session_id=uuid.uuid4(), token_id="test", permissions=permissions_for(roles),
+            user_id=user.id,
+            organization_id=user.organization_id,
+            roles=roles,
+            audience=Audience.staff,
+            session_id=uuid.uuid4(),
+            token_id="test",
+            permissions=permissions_for(roles),
         )
 
 

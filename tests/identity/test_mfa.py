@@ -99,7 +99,9 @@ async def test_once_mfa_is_on_sign_in_needs_a_valid_code(api: Any, tenant: Any) 
     missing = await api.sign_in(tenant.emails["doctor"])
     assert missing.status_code == 401
     assert missing.json()["code"] == "otp_required"
-    wrong = await api.sign_in(tenant.emails["doctor"], otp="000000" if pyotp.TOTP(secret).now() != "000000" else "111111")
+    wrong = await api.sign_in(
+        tenant.emails["doctor"], otp="000000" if pyotp.TOTP(secret).now() != "000000" else "111111"
+    )
     assert wrong.status_code == 401
     assert wrong.json()["code"] == "invalid_otp"
     with time_machine.travel(time.time() + 30, tick=False):
@@ -172,8 +174,11 @@ async def test_patients_get_a_full_token_without_a_second_factor(api: Any, tenan
     async with api.unit_of_work() as session:
         session.add(
             UserModel(
-                organization_id=tenant.organization_id, email="patient@alpha.test", full_name="P",
-                roles=["patient"], password_hash=api.auth.passwords.hash(PASSWORD),
+                organization_id=tenant.organization_id,
+                email="patient@alpha.test",
+                full_name="P",
+                roles=["patient"],
+                password_hash=api.auth.passwords.hash(PASSWORD),
             )
         )
     tokens = (await api.sign_in("patient@alpha.test")).json()

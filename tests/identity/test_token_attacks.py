@@ -20,9 +20,17 @@ from tests.conftest import build_tenant
 def _claims(api: Any, tenant: Any, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {
-        "iss": api.auth.tokens.issuer, "aud": "sehat-staff", "sub": str(uuid.uuid4()),
-        "org": str(tenant.organization_id), "roles": ["org_admin"], "sid": str(uuid.uuid4()), "scope": "full",
-        "iat": now, "nbf": now, "exp": now + 600, "jti": uuid.uuid4().hex,
+        "iss": api.auth.tokens.issuer,
+        "aud": "sehat-staff",
+        "sub": str(uuid.uuid4()),
+        "org": str(tenant.organization_id),
+        "roles": ["org_admin"],
+        "sid": str(uuid.uuid4()),
+        "scope": "full",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
     }
     claims.update(changes)
     return {key: value for key, value in claims.items() if value is not None}
@@ -42,7 +50,12 @@ async def _assert_refused(api: Any, token: str) -> None:
     response = await api.client.post(
         "/api/v1/users",
         headers={"Authorization": f"Bearer {token}"},
-        json={"email": f"{uuid.uuid4().hex[:8]}@alpha.test", "full_name": "X", "roles": ["nurse"], "password": "p" * 14},
+        json={
+            "email": f"{uuid.uuid4().hex[:8]}@alpha.test",
+            "full_name": "X",
+            "roles": ["nurse"],
+            "password": "p" * 14,
+        },
     )
     assert response.status_code == 401, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -131,7 +144,9 @@ async def test_token_carrying_its_own_key_in_the_header_is_refused(api: Any, ten
     public = _b64(stranger.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     embedded = {"kty": "OKP", "crv": "Ed25519", "x": public}
     token = jwt.encode(
-        _claims(api, tenant), stranger, algorithm="EdDSA",
+        _claims(api, tenant),
+        stranger,
+        algorithm="EdDSA",
         headers={"kid": api.auth.signing_keys.current_kid, "jwk": embedded},
     )
     await _assert_refused(api, token)

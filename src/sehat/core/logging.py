@@ -43,6 +43,9 @@ _SAFE_KEYS = frozenset(
     }
 )
 
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(pass(?:word|wd)?|secret|token|otp|api[_-]?key|authorization)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -60,6 +63,7 @@ def _mask_digit_run(match: re.Match[str]) -> str:
 
 def scrub_text(text: str) -> str:
     text = _JWT.sub("[jwt]", text)
+    text = _SECRET_ASSIGNMENT.sub(lambda match: match.group(1) + match.group(2) + MASK, text)
     text = _BEARER.sub(r"\1 [masked]", text)
     text = _EMAIL.sub("[email]", text)
     # UUIDs are our own random ids, safe and needed to trace a request; keep them out of the digit rule.
@@ -98,6 +102,14 @@ def _render(_logger: Any, _method: str, event_dict: dict[str, Any]) -> str:
     return orjson.dumps(event_dict, default=str).decode()
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the moment of each record (it may be swapped after start-up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 _configured = False
 
 
@@ -122,7 +134,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _render],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

@@ -28,7 +28,10 @@ class LoginThrottle:
         storage: Storage
         if redis_url:
             storage = RedisStorage(
-                "async+" + redis_url, implementation="redispy", key_prefix=settings.redis_key_prefix + "limits", wrap_exceptions=True
+                "async+" + redis_url,
+                implementation="redispy",
+                key_prefix=settings.redis_key_prefix + "limits",
+                wrap_exceptions=True,
             )
         else:
             storage = MemoryStorage()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -37,8 +37,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(created_text)
         if created_at.tzinfo is None:
             raise ValueError("cursor time lacks an offset")
-        return created_at, uuid.UUID(id_text)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        # Normalising here turns an offset that overflows the calendar into a refusal, not a 500 later.
+        return created_at.astimezone(UTC), uuid.UUID(id_text)
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError) as exc:
         raise InvalidInput("The cursor is not one this server issued.", code="invalid_cursor") from exc
 
 

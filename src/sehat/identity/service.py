@@ -67,6 +67,11 @@ async def sign_in(session: AsyncSession, auth: AuthRuntime, form: SignInForm, cl
     if user is None or not user.active or not password_ok:
         await auth.throttle.record_failure(email, client_address)
         raise Unauthenticated(_BAD_CREDENTIALS, code="invalid_credentials")
+    if user.organization_id is not None and not await session.scalar(
+        select(Organization.active).where(Organization.id == user.organization_id)
+    ):
+        # A suspended organization's people get the same answer as a wrong password: nothing to probe.
+        raise Unauthenticated(_BAD_CREDENTIALS, code="invalid_credentials")
 
     if user.mfa_enabled:
         if not form.otp:
@@ -184,6 +189,17 @@ async def _revoke_sessions(
             auth_session.revoked_reason = reason
         # Deny first, record second: if the store write fails the request fails and nothing is half-done.
         await auth.revoked.revoke(auth_session.id, auth.settings.access_token_ttl_seconds)
+
+
+async def end_sessions_of_organization(
+    session: AsyncSession, auth: AuthRuntime, organization_id: uuid.UUID, *, reason: str
+) -> None:
+    open_sessions = (
+        await session.scalars(
+            select(AuthSession).where(AuthSession.organization_id == organization_id, AuthSession.revoked_at.is_(None))
+        )
+    ).all()
+    await _revoke_sessions(session, auth, open_sessions, reason=reason)
 
 
 async def sign_out(session: AsyncSession, auth: AuthRuntime, actor: Actor) -> None:

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sehat.core.actor import Actor
 from sehat.core.http import api_router, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
-from sehat.identity.deps import require
+from sehat.identity.deps import get_auth, require
 from sehat.identity.permissions import FACILITY_MANAGE, FACILITY_READ, ORGANIZATION_MANAGE
+from sehat.identity.runtime import AuthRuntime
 from sehat.tenancy import service
 from sehat.tenancy.schemas import (
     DepartmentCreate,
@@ -27,6 +28,7 @@ from sehat.tenancy.schemas import (
 router = api_router(prefix="/api/v1")
 
 Session = Annotated[AsyncSession, Depends(get_session)]
+Auth = Annotated[AuthRuntime, Depends(get_auth)]
 PlatformAdmin = Annotated[Actor, Depends(require(ORGANIZATION_MANAGE))]
 Manager = Annotated[Actor, Depends(require(FACILITY_MANAGE))]
 Reader = Annotated[Actor, Depends(require(FACILITY_READ))]
@@ -56,9 +58,11 @@ async def get_organization(organization_id: uuid.UUID, actor: PlatformAdmin, ses
 
 @router.patch("/organizations/{organization_id}", response_model=OrganizationRead, tags=["organizations"])
 async def update_organization(
-    organization_id: uuid.UUID, body: OrganizationUpdate, actor: PlatformAdmin, session: Session
+    organization_id: uuid.UUID, body: OrganizationUpdate, actor: PlatformAdmin, session: Session, auth: Auth
 ) -> OrganizationRead:
-    return OrganizationRead.model_validate(await service.update_organization(session, actor, organization_id, body))
+    """Rename, or suspend (`active: false`): a suspended organization's sessions end and sign-in is refused."""
+    organization = await service.update_organization(session, auth, actor, organization_id, body)
+    return OrganizationRead.model_validate(organization)
 
 
 @router.post("/facilities", response_model=FacilityRead, status_code=status.HTTP_201_CREATED, tags=["facilities"])

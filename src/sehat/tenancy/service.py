@@ -12,8 +12,10 @@ from sehat.core.actor import Actor, SystemActor
 from sehat.core.errors import Conflict, NotFound
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
+from sehat.identity import service as identity_service
 from sehat.identity.models import UserFacility
 from sehat.identity.policy import ensure_can_manage_organizations
+from sehat.identity.runtime import AuthRuntime
 from sehat.tenancy import policy
 from sehat.tenancy.models import Department, Facility, Organization
 from sehat.tenancy.schemas import (
@@ -62,10 +64,16 @@ async def list_organizations(
 
 
 async def update_organization(
-    session: AsyncSession, actor: Actor, organization_id: uuid.UUID, request: OrganizationUpdate
+    session: AsyncSession, auth: AuthRuntime, actor: Actor, organization_id: uuid.UUID, request: OrganizationUpdate
 ) -> Organization:
     organization = await get_organization(session, actor, organization_id)
+    suspending = request.active is False and organization.active
     _apply(organization, request.model_dump(exclude_unset=True, exclude_none=True))
+    if suspending:
+        # Suspension bites at once: every open session of the organization ends, and sign-in is refused.
+        await identity_service.end_sessions_of_organization(
+            session, auth, organization.id, reason="organization_suspended"
+        )
     await session.flush()
     return organization
 

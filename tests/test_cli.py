@@ -1,0 +1,189 @@
+"""The `sehat` command: serve and demo start a real server; migrate, admin and key commands do their job."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+
+from sehat.core.crypto import KeyRing
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SEHAT_")}
+    environment.update(
+        SEHAT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+        SEHAT_MASTER_KEY_FILE=str(tmp_path / "master.key"),
+        SEHAT_ARGON2_TIME_COST="1",
+        SEHAT_ARGON2_MEMORY_KIB="8",
+        SEHAT_ARGON2_PARALLELISM="1",
+        SEHAT_LOG_LEVEL="WARNING",
+    )
+    return environment
+
+
+def _sehat(env: dict[str, str], *arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sehat", *arguments], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+@contextmanager
+def _running(env: dict[str, str], *arguments: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sehat", *arguments, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the server did not answer /healthz within 30 s")
+        yield base, process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_help_lists_every_command() -> None:
+    result = _sehat(dict(os.environ), "--help")
+    assert result.returncode == 0
+    for command in ("serve", "migrate", "demo", "admin", "keys"):
+        assert command in result.stdout
+    for group, command in (("admin", "create-platform-admin"), ("keys", "rotate-signing")):
+        assert command in _sehat(dict(os.environ), group, "--help").stdout
+
+
+def test_serve_migrates_a_fresh_sqlite_database_and_answers_health_checks(cli_env: dict[str, str]) -> None:
+    with _running(cli_env, "serve") as (base, _):
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok"}
+
+
+def test_serve_refuses_several_workers_without_redis(cli_env: dict[str, str]) -> None:
+    result = _sehat(cli_env, "serve", "--workers", "2")
+    assert result.returncode == 2
+    assert "SEHAT_REDIS_URL" in result.stderr
+
+
+def test_migrate_reports_the_revision_and_is_repeatable(cli_env: dict[str, str]) -> None:
+    first = _sehat(cli_env, "migrate")
+    again = _sehat(cli_env, "migrate")
+    assert first.returncode == again.returncode == 0
+    assert "revision 0001" in first.stdout
+
+
+def test_create_platform_admin_reads_the_password_from_stdin_and_that_admin_can_sign_in(
+    cli_env: dict[str, str],
+) -> None:
+    assert _sehat(cli_env, "migrate").returncode == 0
+    created = _sehat(
+        cli_env,
+        "admin",
+        "create-platform-admin",
+        "--email",
+        "Root@Example.org",
+        "--password-stdin",
+        stdin="a long enough passphrase\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "a long enough passphrase" not in created.stdout + created.stderr
+    duplicate = _sehat(
+        cli_env,
+        "admin",
+        "create-platform-admin",
+        "--email",
+        "root@example.org",
+        "--password-stdin",
+        stdin="another long passphrase\n",
+    )
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+    weak = _sehat(
+        cli_env, "admin", "create-platform-admin", "--email", "x@example.org", "--password-stdin", stdin="short\n"
+    )
+    assert weak.returncode == 1
+    with _running(cli_env, "serve") as (base, _):
+        signed_in = httpx.post(
+            f"{base}/api/v1/auth/token", data={"username": "root@example.org", "password": "a long enough passphrase"}
+        )
+    assert signed_in.status_code == 200
+    assert signed_in.json()["scope"] == "mfa_enroll"
+
+
+def test_rotate_signing_adds_a_key_that_a_restarted_server_signs_with(cli_env: dict[str, str]) -> None:
+    import jwt
+
+    assert _sehat(cli_env, "migrate").returncode == 0
+    _sehat(cli_env, "admin", "create-platform-admin", "--email", "r@example.org", "--password-stdin", stdin="p" * 14)
+    rotated = _sehat(cli_env, "keys", "rotate-signing")
+    assert rotated.returncode == 0, rotated.stderr
+    new_kid = rotated.stdout.split("new signing key ")[1].split()[0]
+    with _running(cli_env, "serve") as (base, _):
+        token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "r@example.org", "password": "p" * 14})
+    assert jwt.get_unverified_header(token.json()["access_token"])["kid"] == new_kid
+
+
+def test_demo_prints_its_accounts_and_they_sign_in_with_their_second_factor(cli_env: dict[str, str]) -> None:
+    from sehat.demo import DEMO_PASSWORD, DEMO_TOTP_SECRET
+
+    with _running(cli_env, "demo") as (base, _):
+        doctor = httpx.post(
+            f"{base}/api/v1/auth/token",
+            data={
+                "username": "doctor@demo.sehat.local",
+                "password": DEMO_PASSWORD,
+                "otp": pyotp.TOTP(DEMO_TOTP_SECRET).now(),
+            },
+        )
+        assert doctor.status_code == 200, doctor.text
+        headers = {"Authorization": f"Bearer {doctor.json()['access_token']}"}
+        facilities = httpx.get(f"{base}/api/v1/facilities", headers=headers).json()["items"]
+        assert sorted(f["timezone"] for f in facilities) == ["Asia/Karachi", "Europe/London"]
+    # Running the demo again reuses its data instead of failing on duplicates.
+    with _running(cli_env, "demo") as (base, process):
+        assert httpx.get(f"{base}/healthz").status_code == 200
+    output = process.stdout.read() if process.stdout else ""
+    assert "doctor@demo.sehat.local" in output
+    assert DEMO_PASSWORD in output
+
+
+def test_demo_is_refused_in_production(cli_env: dict[str, str]) -> None:
+    production = {
+        **cli_env,
+        "SEHAT_ENVIRONMENT": "production",
+        "SEHAT_MASTER_KEY": KeyRing.generate_entry(),
+        "SEHAT_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    result = _sehat(production, "demo")
+    assert result.returncode == 2
+    assert "refused in production" in result.stderr

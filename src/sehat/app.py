@@ -28,6 +28,7 @@ from sehat.identity.throttle import LoginThrottle
 from sehat.identity.tokens import AccessTokens, SigningKeys
 from sehat.settings import Settings
 from sehat.tenancy import api as tenancy_api
+from sehat.web import pages as web_pages
 
 log = structlog.get_logger("sehat.app")
 
@@ -60,7 +61,9 @@ async def _keep_shared_state_fresh(app: FastAPI, interval: float) -> None:
 def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
     key_ring = load_key_ring(settings)
     signing_keys = SigningKeys(key_ring, settings)
-    revoked: RevokedSessions = RedisRevokedSessions(redis, settings.redis_key_prefix) if redis is not None else MemoryRevokedSessions()
+    revoked: RevokedSessions = (
+        RedisRevokedSessions(redis, settings.redis_key_prefix) if redis is not None else MemoryRevokedSessions()
+    )
     return AuthRuntime(
         settings=settings,
         key_ring=key_ring,
@@ -112,7 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Outpatient care: registry, scheduling, OPD queues, with patient data sealed.",
         lifespan=lifespan,
-        docs_url=None if settings.is_production else "/docs",
+        # /docs is served by sehat.web.pages from local Swagger UI files (FastAPI's own loads a CDN).
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -151,4 +155,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(identity_api.router)
     app.include_router(tenancy_api.router)
+    app.include_router(web_pages.router)
     return app

@@ -100,6 +100,8 @@ async def test_an_unexpected_error_is_a_generic_500_without_internals(api: Any, 
         response = await client.get("/boom")
     body = _assert_problem(response, 500)
     assert body["code"] == "internal_error"
+    assert response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
     assert "hunter2" not in response.text
     assert "secret" not in response.text
     logs = "".join(capsys.readouterr())

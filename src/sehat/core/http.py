@@ -221,7 +221,9 @@ class RequestContextMiddleware:
         try:
             declared = _header(scope, b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                await self._send_too_large(send_with_headers)
+                await self._send_problem(
+                    send_with_headers, PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+                )
                 return
             received = 0
 
@@ -239,7 +241,18 @@ class RequestContextMiddleware:
             except BodyTooLarge:
                 if response_started:
                     raise
-                await self._send_too_large(send_with_headers)
+                await self._send_problem(
+                    send_with_headers, PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+                )
+            except Exception as exc:
+                # Answered here rather than by Starlette's outermost handler, so that a 500 too carries the
+                # request id and the security headers. Logged once, masked, without re-raising to the server.
+                if response_started:
+                    raise
+                log.error("unhandled_error", exc_type=type(exc).__name__, exc_info=exc)
+                await self._send_problem(
+                    send_with_headers, InternalError("Something went wrong on our side; it has been logged.")
+                )
         finally:
             route = scope.get("route")
             access_log.info(
@@ -251,19 +264,10 @@ class RequestContextMiddleware:
             )
             structlog.contextvars.unbind_contextvars("request_id")
 
-    async def _send_too_large(self, send: Send) -> None:
-        problem = PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+    async def _send_problem(self, send: Send, problem: Problem) -> None:
         body = orjson.dumps(problem.body())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": problem.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -1,0 +1,518 @@
+"""Shared benchmark machinery: a throw-away PostgreSQL database, the real server as a subprocess, a load
+generator on loopback (wrk, or the small asyncio client in ``bench/loadgen.py`` when wrk cannot be had) and
+CPU accounting.
+
+Nothing here knows about a particular endpoint; a benchmark module (``bench/auth.py``) composes these parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import asyncpg
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_WRK_RESULT_MARKER = "BENCH_RESULT_JSON "
+
+# wrk calls done() once at the end; with no request()/response() hooks it keeps its fast C path.
+_WRK_REPORT_SCRIPT = """
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    '%s{"requests":%d,"duration_us":%d,"bytes":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f,'
+      .. '"max_us":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,'
+      .. '"timeouts":%d}\\n',
+    '%MARKER%', summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max,
+    errors.connect, errors.read, errors.write, errors.status, errors.timeout))
+end
+"""
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark could not be set up or run; the message says what to look at."""
+
+
+def log_step(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentile(values: Sequence[float], wanted: float) -> float:
+    """Nearest-rank percentile: with few samples p99 is simply the slowest one, never an interpolation."""
+    if not values:
+        raise ValueError("no samples")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(wanted / 100 * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+# --- database --------------------------------------------------------------------------------------------
+
+
+async def recreate_database(name: str) -> None:
+    """Drop (terminating leftover connections) and create an empty database on the local server."""
+    if not name.replace("_", "").isalnum():
+        raise BenchmarkError(f"refusing an unusual database name {name!r}")
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def postgres_database_counters(name: str) -> dict[str, int]:
+    """Cumulative sessions (connections opened) and transactions of one database, from pg_stat_database.
+
+    Backends report these when they go idle, at most once a second: read them a moment after the load.
+    """
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        row = await connection.fetchrow(
+            "SELECT sessions, xact_commit + xact_rollback AS transactions FROM pg_stat_database WHERE datname = $1",
+            name,
+        )
+    finally:
+        await connection.close()
+    if row is None:
+        raise BenchmarkError(f"database {name} has no statistics row")
+    return {"sessions": int(row["sessions"]), "transactions": int(row["transactions"])}
+
+
+async def postgres_version() -> str:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        return str(await connection.fetchval("SHOW server_version"))
+    finally:
+        await connection.close()
+
+
+def run_sehat_command(arguments: Sequence[str], environment: Mapping[str, str], *, timeout: float = 120) -> str:
+    completed = subprocess.run(
+        [str(VENV_BIN / "sehat"), *arguments],
+        env=dict(environment),
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise BenchmarkError(f"`sehat {' '.join(arguments)}` failed:\n{completed.stdout}{completed.stderr}")
+    return completed.stdout.strip()
+
+
+# --- the server under test -------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """``sehat serve`` in its own process group; stopped (SIGTERM, then SIGKILL) on exit, bounded in time."""
+
+    def __init__(self, environment: Mapping[str, str], *, port: int, workers: int, log_path: Path) -> None:
+        self.port = port
+        self.workers = workers
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._environment = dict(environment)
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._working_directory = tempfile.TemporaryDirectory(prefix="sehat-bench-")
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BenchmarkError("the server is not running")
+        return self._process.pid
+
+    def __enter__(self) -> ServerProcess:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("wb") as log_file:
+            self._process = subprocess.Popen(
+                [
+                    str(VENV_BIN / "sehat"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
+                env=self._environment,
+                # An empty directory: no stray .env or key file is picked up, none is left behind.
+                cwd=self._working_directory.name,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_until_healthy(timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_until_healthy(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self._process is not None and self._process.poll() is not None:
+                    raise BenchmarkError(f"the server exited with {self._process.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/healthz").status_code == 200:
+                        return
+                time.sleep(0.2)
+        raise BenchmarkError(f"the server did not answer /healthz within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    def stop(self, *, grace_seconds: float = 15) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            # The group holds exactly the processes this server started (its workers); it is ours by id.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        self._working_directory.cleanup()
+
+
+# --- CPU accounting --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ProcessTimes:
+    pid: int
+    parent_pid: int
+    command: str
+    cpu_seconds: float
+
+
+def _read_process_times() -> dict[int, _ProcessTimes]:
+    found: dict[int, _ProcessTimes] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        command = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # After the command: state ppid ... utime stime cutime cstime (indices 11-14). The c- fields hold the
+        # CPU of children that exited and were reaped, such as PostgreSQL backends of closed connections.
+        cpu_seconds = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS_PER_SECOND
+        found[int(entry.name)] = _ProcessTimes(int(entry.name), int(fields[1]), command, cpu_seconds)
+    return found
+
+
+def _descendants_and_self(root_pid: int, processes: Mapping[int, _ProcessTimes]) -> set[int]:
+    members = {root_pid}
+    grew = True
+    while grew:
+        grew = False
+        for process in processes.values():
+            if process.parent_pid in members and process.pid not in members:
+                members.add(process.pid)
+                grew = True
+    return members & processes.keys()
+
+
+def _machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
+    return (total - idle) / CLOCK_TICKS_PER_SECOND, total / CLOCK_TICKS_PER_SECOND
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall: float
+    by_group: dict[str, float]
+    machine_busy: float
+    children: float
+
+
+def take_cpu_snapshot(server_pid: int) -> CpuSnapshot:
+    processes = _read_process_times()
+    server_members = _descendants_and_self(server_pid, processes)
+    groups = {"app server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for process in processes.values():
+        if process.pid in server_members:
+            groups["app server"] += process.cpu_seconds
+        elif process.command == "postgres":
+            groups["postgres"] += process.cpu_seconds
+        elif process.command.startswith("redis-server"):
+            groups["redis"] += process.cpu_seconds
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    groups["benchmark process"] = own.ru_utime + own.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy, _total = _machine_busy_seconds()
+    return CpuSnapshot(time.monotonic(), groups, busy, children.ru_utime + children.ru_stime)
+
+
+@dataclass
+class CpuUsage:
+    """CPU spent during one measurement, in cores busy (CPU seconds per wall second)."""
+
+    cores_busy: dict[str, float]
+    server_cpu_seconds: float
+
+
+def cpu_usage_between(before: CpuSnapshot, after: CpuSnapshot) -> CpuUsage:
+    wall = max(after.wall - before.wall, 1e-9)
+    # A process that exits unreaped takes its CPU with it, so a group's delta can dip below zero: floor it.
+    cores = {name: max(0.0, after.by_group[name] - before.by_group[name]) / wall for name in after.by_group}
+    # The load generator, when it is wrk, is a child that was reaped meanwhile: RUSAGE_CHILDREN has it.
+    cores["load generator (wrk)"] = (after.children - before.children) / wall
+    machine = (after.machine_busy - before.machine_busy) / wall
+    # Whatever else ran meanwhile (another job on this machine, the kernel's own work) competed for the
+    # same cores: a large share here means the run is contaminated and its figures are low.
+    cores["other processes"] = max(0.0, machine - sum(cores.values()))
+    cores["whole machine"] = machine
+    server_seconds = after.by_group["app server"] - before.by_group["app server"]
+    return CpuUsage({name: round(value, 2) for name, value in cores.items()}, server_seconds)
+
+
+# --- load generation -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    url_path: str
+    tool: str
+    connections: int
+    duration_seconds: float
+    requests: int
+    requests_per_second: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    non_2xx_3xx: int
+    socket_errors: int
+    cpu_cores_busy: dict[str, float] = field(default_factory=dict)
+    server_cpu_us_per_request: float | None = None
+    # Filled in by the caller: what the backing services saw per request (PostgreSQL, Redis).
+    backend_per_request: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx_3xx + self.socket_errors
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "errors": self.errors}
+
+
+def ensure_wrk() -> tuple[str | None, str]:
+    """The wrk binary, installing Debian's package when missing; (None, reason) when that is not possible."""
+    found = shutil.which("wrk")
+    if found:
+        return found, "found on PATH"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return None, "wrk is missing and apt-get cannot be run here"
+    log_step("wrk is missing; installing it with apt-get")
+    attempts = (["apt-get", "install", "-y", "-qq", "wrk"], ["apt-get", "update", "-qq"])
+    for command in (attempts[0], attempts[1], attempts[0]):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                command,
+                capture_output=True,
+                timeout=300,
+                check=False,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        found = shutil.which("wrk")
+        if found:
+            return found, "installed with apt-get"
+    return None, "apt-get could not install wrk"
+
+
+def wrk_version(wrk: str) -> str:
+    completed = subprocess.run([wrk, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    return (
+        (completed.stdout or completed.stderr).splitlines()[0].strip()
+        if (completed.stdout or completed.stderr)
+        else "?"
+    )
+
+
+def run_wrk(
+    wrk: str,
+    base_url: str,
+    url_path: str,
+    *,
+    threads: int,
+    connections: int,
+    duration_seconds: float,
+    headers: Mapping[str, str],
+    server_pid: int,
+) -> LoadResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sehat-bench-", delete=False) as script:
+        script.write(_WRK_REPORT_SCRIPT.replace("%MARKER%", _WRK_RESULT_MARKER))
+        script_path = script.name
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_seconds:g}s", "--latency", "-s", script_path]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    command.append(base_url + url_path)
+    try:
+        before = take_cpu_snapshot(server_pid)
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_seconds + 60, check=False)
+        after = take_cpu_snapshot(server_pid)
+    finally:
+        os.unlink(script_path)
+    report_lines = [line for line in completed.stdout.splitlines() if line.startswith(_WRK_RESULT_MARKER)]
+    if completed.returncode != 0 or not report_lines:
+        raise BenchmarkError(f"wrk failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}")
+    report = json.loads(report_lines[-1][len(_WRK_RESULT_MARKER) :])
+    usage = cpu_usage_between(before, after)
+    seconds = report["duration_us"] / 1e6
+    return LoadResult(
+        url_path=url_path,
+        tool="wrk",
+        connections=connections,
+        duration_seconds=round(seconds, 2),
+        requests=report["requests"],
+        requests_per_second=round(report["requests"] / seconds, 1),
+        latency_p50_ms=report["p50_us"] / 1000,
+        latency_p90_ms=report["p90_us"] / 1000,
+        latency_p99_ms=report["p99_us"] / 1000,
+        latency_max_ms=report["max_us"] / 1000,
+        non_2xx_3xx=report["status_errors"],
+        socket_errors=report["connect_errors"] + report["read_errors"] + report["write_errors"] + report["timeouts"],
+        cpu_cores_busy=usage.cores_busy,
+        server_cpu_us_per_request=round(usage.server_cpu_seconds / max(report["requests"], 1) * 1e6, 1),
+    )
+
+
+def run_python_load(
+    base_url: str,
+    url_path: str,
+    *,
+    threads: int,
+    connections: int,
+    duration_seconds: float,
+    headers: Mapping[str, str],
+    server_pid: int,
+) -> LoadResult:
+    """Fallback load generator (``bench/loadgen.py``): one asyncio process per thread, keep-alive connections.
+
+    Python spends far more CPU per request than wrk and competes with the server for the same cores, so its
+    figures are a floor for the server, not a ceiling; the CPU table shows what it took.
+    """
+    split = [connections // threads + (1 if index < connections % threads else 0) for index in range(threads)]
+    host_and_port = base_url.removeprefix("http://")
+    host, _, port = host_and_port.partition(":")
+    header_arguments = [argument for name, value in headers.items() for argument in ("--header", f"{name}: {value}")]
+    before = take_cpu_snapshot(server_pid)
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("loadgen.py")),
+                "--host",
+                host,
+                "--port",
+                port,
+                "--path",
+                url_path,
+                "--connections",
+                str(share),
+                "--duration",
+                str(duration_seconds),
+                *header_arguments,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for share in split
+        if share > 0
+    ]
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=duration_seconds + 60)
+            if process.returncode != 0:
+                raise BenchmarkError(f"the load generator failed ({process.returncode}):\n{stderr}")
+            outputs.append(json.loads(stdout))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+    after = take_cpu_snapshot(server_pid)
+    usage = cpu_usage_between(before, after)
+    usage.cores_busy["load generator (python)"] = usage.cores_busy.pop("load generator (wrk)")
+    latencies = [latency / 1e6 for output in outputs for latency in output["latencies_us"]]
+    if not latencies:
+        raise BenchmarkError(f"no request to {url_path} completed")
+    elapsed = max(output["elapsed_seconds"] for output in outputs)
+    return LoadResult(
+        url_path=url_path,
+        tool="FALLBACK python asyncio client (bench/loadgen.py)",
+        connections=connections,
+        duration_seconds=round(elapsed, 2),
+        requests=len(latencies),
+        requests_per_second=round(len(latencies) / elapsed, 1),
+        latency_p50_ms=percentile(latencies, 50) * 1000,
+        latency_p90_ms=percentile(latencies, 90) * 1000,
+        latency_p99_ms=percentile(latencies, 99) * 1000,
+        latency_max_ms=max(latencies) * 1000,
+        non_2xx_3xx=sum(output["bad_status"] for output in outputs),
+        socket_errors=sum(output["socket_errors"] for output in outputs),
+        cpu_cores_busy=usage.cores_busy,
+        server_cpu_us_per_request=round(usage.server_cpu_seconds / len(latencies) * 1e6, 1),
+    )
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so that cleanup (stopping the server) runs when the run is cancelled."""
+
+    def leave(_signal: int, _frame: object) -> None:
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -79,7 +79,11 @@ def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     database = Database(create_engine(settings))
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    redis = (
+        Redis.from_url(settings.redis_url, client_name=settings.redis_key_prefix + "app")
+        if settings.redis_url
+        else None
+    )
     app.state.database = database
     app.state.redis = redis
     refresher: asyncio.Task[None] | None = None
@@ -87,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not await is_up_to_date(database.engine):
             raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
         app.state.auth = build_auth(settings, redis)
+        await app.state.auth.revoked.start()
         async with database.unit_of_work() as session:
             await app.state.auth.signing_keys.ensure_current(session)
         try:
@@ -102,6 +107,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+        if getattr(app.state, "auth", None) is not None:
+            await app.state.auth.revoked.stop()
         if redis is not None:
             await redis.aclose()
         await database.dispose()
@@ -148,6 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 checks["redis"] = "ok"
             except Exception:
                 checks["redis"] = "unavailable"
+            # Until the revocation feed is subscribed and loaded, authenticated requests are refused.
+            in_sync = getattr(request.app.state.auth.revoked, "in_sync", True)
+            checks["session_store"] = "ok" if in_sync else "syncing"
         if all(value == "ok" for value in checks.values()):
             return {"status": "ok", "checks": checks}
         problem = ServiceUnavailable("A dependency is not ready.", code="not_ready", extra={"checks": checks})

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
         default="sqlite+aiosqlite:///./sehat.db",
         description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db",
     )
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     database_statement_timeout_ms: int = Field(default=15_000, ge=0)
     redis_key_prefix: str = Field(default="sehat:", pattern=r"^[A-Za-z0-9:_-]{1,32}$")

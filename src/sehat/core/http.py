@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sehat.core.db import Database, commit, rollback
+from sehat.core.db import commit, rollback
 from sehat.core.errors import (
     Conflict,
     InternalError,
@@ -57,16 +57,14 @@ def problem_response(problem: Problem) -> Response:
     )
 
 
-def get_database(request: Request) -> Database:
-    return request.app.state.database
+async def get_session(request: Request) -> AsyncSession:
+    """The request's one session, opened on first use so routes that never touch the database pay nothing.
 
-
-def get_session(request: Request) -> AsyncSession:
-    """The request's one session, opened on first use so routes that never touch the database pay nothing."""
+    Async on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, which costs a hot path."""
     scope = request.scope
     session = scope.get(SCOPE_SESSION)
     if session is None:
-        session = get_database(request).session(write=scope.get(SCOPE_WRITES, True))
+        session = request.app.state.database.session(write=scope.get(SCOPE_WRITES, True))
         scope[SCOPE_SESSION] = session
     return session
 

@@ -22,7 +22,7 @@ _bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/
 _INVALID = "The access token is missing, invalid or expired."
 
 
-def get_auth(request: Request) -> AuthRuntime:
+async def get_auth(request: Request) -> AuthRuntime:
     return request.app.state.auth
 
 
@@ -61,7 +61,7 @@ class Require:
     ) -> Actor:
         if credentials is None:
             raise Unauthenticated(_INVALID, code="invalid_token")
-        auth = get_auth(request)
+        auth: AuthRuntime = request.app.state.auth
         try:
             claims = await _verify(request, auth, credentials.credentials)
         except InvalidToken as exc:

@@ -1,24 +1,56 @@
-"""Revoked sessions, checked on every authenticated request without touching the database.
+"""Revoked sessions, checked on every authenticated request in memory: no round trip to anything.
 
-Embedded mode keeps them in process memory; with Redis configured every server shares them. Either way the
-database stays the record (``auth_sessions.revoked_at``) and each server re-seeds the store from it at
-start-up, so a restart does not bring a logged-out token back to life.
+Embedded mode keeps them in process memory. With Redis configured, every server still answers from its
+own memory, kept current through Redis: a revocation is stored as a key (expiring when the session's last
+access token would) and announced on a pub/sub channel; each server subscribes first and then loads the
+stored keys, so nothing announced in between is missed. The subscription is pinged twice a second; a
+server whose feed has been silent for two seconds cannot know of new revocations, so it refuses every
+check with 503 (fail closed) until it has re-subscribed and reloaded. Other servers normally learn of a
+revocation within milliseconds, and never later than that two-second bound.
+
+The database stays the record (``auth_sessions.revoked_at``): each server re-seeds its memory from it at
+start-up and periodically, so a restart does not bring a logged-out token back to life.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from typing import Protocol
 
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sehat.core.errors import ServiceUnavailable
 
+log = structlog.get_logger(__name__)
+
+_PRUNE_ABOVE = 10_000
+_RECONNECT_DELAY_SECONDS = 0.5
+# The feed is pinged this often; a server that has heard nothing on it for FEED_STALE_AFTER_SECONDS (a
+# silently dead connection, a partition) refuses checks until it has re-subscribed and reloaded. This is
+# the longest a revocation made elsewhere can go unseen by a server.
+_PING_EVERY_SECONDS = 0.5
+FEED_STALE_AFTER_SECONDS = 2.0
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The session store is not answering.", code="session_store_unavailable")
+
 
 class RevokedSessions(Protocol):
-    async def revoke(self, session_id: uuid.UUID, ttl_seconds: int) -> None: ...
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def revoke(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        """Revoke everywhere: this server at once, the others through the shared store."""
+
+    async def remember(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        """Note a revocation already recorded elsewhere (the database), in this server's memory only."""
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool: ...
 
@@ -27,32 +59,130 @@ class MemoryRevokedSessions:
     def __init__(self) -> None:
         self._until: dict[uuid.UUID, float] = {}
 
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
     async def revoke(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        self.add(session_id, ttl_seconds)
+
+    async def remember(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        self.add(session_id, ttl_seconds)
+
+    def add(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
         now = time.time()
-        if len(self._until) > 10_000:
+        if len(self._until) > _PRUNE_ABOVE:
             self._until = {sid: until for sid, until in self._until.items() if until > now}
         self._until[session_id] = max(self._until.get(session_id, 0.0), now + ttl_seconds)
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool:
+        return self.revoked_now(session_id)
+
+    def revoked_now(self, session_id: uuid.UUID) -> bool:
         until = self._until.get(session_id)
         return until is not None and until > time.time()
 
 
 class RedisRevokedSessions:
-    """Fails closed: if Redis cannot answer, the request is refused with 503 rather than let through."""
-
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._prefix = prefix + "revoked:"
+        self._key_prefix = prefix + "revoked:"
+        self._channel = prefix + "revocations"
+        self._memory = MemoryRevokedSessions()
+        self._in_sync = False
+        self._last_heard = 0.0
+        self._follower: asyncio.Task[None] | None = None
+        self._first_sync = asyncio.Event()
+
+    async def start(self) -> None:
+        self._follower = asyncio.create_task(self._follow())
+        # Give the first subscription a moment so a healthy start answers at once; a dead Redis does not
+        # hold up start-up (checks fail closed until it answers).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_sync.wait(), timeout=2)
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+
+    @property
+    def in_sync(self) -> bool:
+        return self._in_sync and time.monotonic() - self._last_heard <= FEED_STALE_AFTER_SECONDS
 
     async def revoke(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        ttl = max(1, ttl_seconds)
         try:
-            await self._redis.set(self._prefix + session_id.hex, b"1", ex=max(1, ttl_seconds))
+            await self._redis.set(self._key_prefix + session_id.hex, b"1", ex=ttl)
+            await self._redis.publish(self._channel, f"{session_id.hex}:{ttl}")
         except (RedisError, OSError) as exc:
-            raise ServiceUnavailable("The session store is not answering.", code="session_store_unavailable") from exc
+            raise _unavailable() from exc
+        self._memory.add(session_id, ttl)
+
+    async def remember(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
+        self._memory.add(session_id, ttl_seconds)
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool:
+        if not self.in_sync:
+            raise _unavailable()
+        return self._memory.revoked_now(session_id)
+
+    async def _follow(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._await_subscription(pubsub)
+                await self._load_stored()
+                self._last_heard = last_ping = time.monotonic()
+                self._in_sync = True
+                self._first_sync.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_EVERY_SECONDS)
+                    now = time.monotonic()
+                    if message is not None:
+                        self._last_heard = now
+                        if message.get("type") == "message":
+                            self._apply(message["data"])
+                    if now - last_ping >= _PING_EVERY_SECONDS:
+                        await pubsub.ping()
+                        last_ping = now
+                    if now - self._last_heard > FEED_STALE_AFTER_SECONDS:
+                        raise ConnectionError("the revocation feed went silent")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._in_sync:
+                    log.warning("revocation_subscription_lost", exc_type=type(exc).__name__)
+                self._in_sync = False
+                await asyncio.sleep(_RECONNECT_DELAY_SECONDS)
+            finally:
+                self._in_sync = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    @staticmethod
+    async def _await_subscription(pubsub: object) -> None:
+        for _ in range(50):
+            message = await pubsub.get_message(timeout=0.1)  # type: ignore[attr-defined]
+            if message is not None and message.get("type") == "subscribe":
+                return
+        raise ConnectionError("no subscription confirmation from Redis")
+
+    async def _load_stored(self) -> None:
+        async for key in self._redis.scan_iter(match=self._key_prefix + "*", count=1000):
+            ttl = await self._redis.ttl(key)
+            if ttl > 0:
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                self._memory.add(uuid.UUID(hex=name.removeprefix(self._key_prefix)), ttl)
+
+    def _apply(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        session_hex, _, ttl = text.partition(":")
         try:
-            return bool(await self._redis.exists(self._prefix + session_id.hex))
-        except (RedisError, OSError) as exc:
-            raise ServiceUnavailable("The session store is not answering.", code="session_store_unavailable") from exc
+            self._memory.add(uuid.UUID(hex=session_hex), int(ttl))
+        except ValueError:
+            log.warning("revocation_message_malformed")

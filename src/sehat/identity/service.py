@@ -18,7 +18,7 @@ from sehat.core.crypto import associated_data
 from sehat.core.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
-from sehat.identity import mfa, policy
+from sehat.identity import mfa, policy, repository
 from sehat.identity.models import AuthSession, RefreshToken, User, UserFacility
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.schemas import (
@@ -209,7 +209,8 @@ async def sign_out(session: AsyncSession, auth: AuthRuntime, actor: Actor) -> No
 
 
 async def seed_revocations(session: AsyncSession, auth: AuthRuntime) -> int:
-    """Reload recently revoked sessions into the store, so a restart never revives a logged-out token."""
+    """Reload recently revoked sessions into this server's memory, so a restart never revives a logged-out
+    token. Local only: the database is the record, and every server re-reads it."""
     ttl = auth.settings.access_token_ttl_seconds
     now = utcnow()
     rows = (
@@ -219,7 +220,7 @@ async def seed_revocations(session: AsyncSession, auth: AuthRuntime) -> int:
     ).all()
     for session_id, revoked_at in rows:
         remaining = ttl - int((now - revoked_at).total_seconds())
-        await auth.revoked.revoke(session_id, max(1, remaining))
+        await auth.revoked.remember(session_id, max(1, remaining))
     return len(rows)
 
 
@@ -304,16 +305,17 @@ async def _facility_ids(session: AsyncSession, user_ids: list[uuid.UUID]) -> dic
 
 
 async def read_me(session: AsyncSession, actor: Actor) -> MeRead:
-    user = await _load_self(session, actor)
-    facilities = await _facility_ids(session, [user.id])
+    profile = await repository.load_profile(session, actor.user_id)
+    if profile is None or not profile.active:
+        raise Unauthenticated("The account is disabled.", code="account_disabled")
     return MeRead(
-        id=user.id,
-        email=user.email,
-        full_name=user.full_name,
-        organization_id=user.organization_id,
-        roles=[Role(role) for role in user.roles],
-        facility_ids=facilities[user.id],
-        mfa_enabled=user.mfa_enabled,
+        id=profile.id,
+        email=profile.email,
+        full_name=profile.full_name,
+        organization_id=profile.organization_id,
+        roles=[Role(role) for role in profile.roles],
+        facility_ids=profile.facility_ids,
+        mfa_enabled=profile.mfa_enabled,
         scope=actor.scope,
         permissions=sorted(actor.permissions),
     )

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Developer entry point that needs nothing but Python 3.11+: it creates .venv and installs sehat into it.
 
-    python3 dev.py run     start the demo server on SQLite (http://127.0.0.1:8000)
-    python3 dev.py test    lint and run the whole test suite
-    python3 dev.py bench   run the benchmarks in bench/ (needs PostgreSQL and Redis)
-    python3 dev.py sehat … any sehat command inside the virtual environment
+python3 dev.py run     start the demo server on SQLite (http://127.0.0.1:8000)
+python3 dev.py test    lint and run the whole test suite
+python3 dev.py bench   run the benchmarks in bench/ (needs PostgreSQL and Redis)
+python3 dev.py sehat … any sehat command inside the virtual environment
 """
 
 from __future__ import annotations

@@ -215,6 +215,34 @@ class Api:
             tokens = confirmed.json()
         return tokens
 
+    async def all_pages(self, path: str, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
+        """Every item of a paginated list, following ``next_cursor`` to the end."""
+        seen: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            query: dict[str, Any] = {"limit": 100, **params, **({"cursor": cursor} if cursor else {})}
+            response = await self.client.get(path, headers=headers, params=query)
+            assert response.status_code == 200, response.text
+            seen.extend(response.json()["items"])
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return seen
+
+    async def add_patient_account(self, organization_id: uuid.UUID, email: str) -> None:
+        """A patient sign-in account. Patient accounts get their own service with the registry (issue 4)."""
+        from sehat.identity.models import User
+
+        async with self.unit_of_work() as session:
+            session.add(
+                User(
+                    organization_id=organization_id,
+                    email=email,
+                    full_name="Patient",
+                    roles=["patient"],
+                    password_hash=self.auth.passwords.hash(PASSWORD),
+                )
+            )
+
     async def headers_for(self, email: str, password: str = PASSWORD) -> dict[str, str]:
         return {"Authorization": f"Bearer {(await self.full_session(email, password))['access_token']}"}
 

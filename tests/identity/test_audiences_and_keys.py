@@ -12,10 +12,9 @@ from fastapi import APIRouter, Depends
 
 from sehat.core.actor import Actor, Audience
 from sehat.identity.deps import Require
-from sehat.identity.models import User
 from sehat.identity.permissions import SELF_SERVICE
 from sehat.identity.tokens import SigningKeys
-from tests.conftest import PASSWORD, build_tenant
+from tests.conftest import build_tenant
 
 patient_only = Require(SELF_SERVICE, audiences=(Audience.patient,))
 
@@ -33,16 +32,7 @@ def _add_patient_only_route(app: Any) -> None:
 @pytest.fixture
 async def tokens(api: Any) -> dict[str, str]:
     tenant = await build_tenant(api, "alpha", roles=("front_office",))
-    async with api.unit_of_work() as session:
-        session.add(
-            User(
-                organization_id=tenant.organization_id,
-                email="patient@alpha.test",
-                full_name="P",
-                roles=["patient"],
-                password_hash=api.auth.passwords.hash(PASSWORD),
-            )
-        )
+    await api.add_patient_account(tenant.organization_id, "patient@alpha.test")
     staff = (await api.full_session(tenant.emails["front_office"]))["access_token"]
     patient = (await api.sign_in("patient@alpha.test")).json()["access_token"]
     return {"staff": staff, "patient": patient}

@@ -12,7 +12,7 @@ import time_machine
 from sqlalchemy import select
 
 from sehat.identity.models import User
-from tests.conftest import PASSWORD, build_tenant
+from tests.conftest import build_tenant
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -169,17 +169,6 @@ async def test_the_totp_secret_is_stored_sealed_never_in_plain_text(api: Any, te
 
 
 async def test_patients_get_a_full_token_without_a_second_factor(api: Any, tenant: Any) -> None:
-    from sehat.identity.models import User as UserModel
-
-    async with api.unit_of_work() as session:
-        session.add(
-            UserModel(
-                organization_id=tenant.organization_id,
-                email="patient@alpha.test",
-                full_name="P",
-                roles=["patient"],
-                password_hash=api.auth.passwords.hash(PASSWORD),
-            )
-        )
+    await api.add_patient_account(tenant.organization_id, "patient@alpha.test")
     tokens = (await api.sign_in("patient@alpha.test")).json()
     assert tokens["scope"] == "full"

@@ -25,16 +25,7 @@ def _new_user(email: str, **overrides: Any) -> dict[str, Any]:
 
 
 async def _users(api: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
-        response = await api.client.get("/api/v1/users", headers=headers, params=params)
-        assert response.status_code == 200, response.text
-        seen.extend(response.json()["items"])
-        cursor = response.json()["next_cursor"]
-        if cursor is None:
-            return seen
+    return await api.all_pages("/api/v1/users", headers)
 
 
 async def _user_id(api: Any, headers: dict[str, str], email: str) -> str:

@@ -11,16 +11,7 @@ DEPARTMENT_KEYS = {"id", "organization_id", "facility_id", "name", "code", "acti
 
 
 async def _departments(api: Any, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query: dict[str, Any] = {"limit": 100, **params, **({"cursor": cursor} if cursor else {})}
-        response = await api.client.get("/api/v1/departments", headers=headers, params=query)
-        assert response.status_code == 200, response.text
-        seen.extend(response.json()["items"])
-        cursor = response.json()["next_cursor"]
-        if cursor is None:
-            return seen
+    return await api.all_pages("/api/v1/departments", headers, **params)
 
 
 async def _create(api: Any, headers: dict[str, str], facility_id: Any, code: str, name: str | None = None) -> Any:

@@ -11,16 +11,7 @@ FACILITY_KEYS = {"id", "organization_id", "name", "code", "timezone", "active", 
 
 
 async def _facilities(api: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
-        response = await api.client.get("/api/v1/facilities", headers=headers, params=params)
-        assert response.status_code == 200, response.text
-        seen.extend(response.json()["items"])
-        cursor = response.json()["next_cursor"]
-        if cursor is None:
-            return seen
+    return await api.all_pages("/api/v1/facilities", headers)
 
 
 def _field_names(body: dict[str, Any]) -> set[str]:

@@ -21,19 +21,7 @@ async def _platform_admin_headers(api: Any, email: str = PLATFORM_ADMIN) -> dict
 
 
 async def _all_organizations(api: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100}
-        if cursor:
-            params["cursor"] = cursor
-        response = await api.client.get("/api/v1/organizations", headers=headers, params=params)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        seen.extend(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return seen
+    return await api.all_pages("/api/v1/organizations", headers)
 
 
 def _field_names(body: dict[str, Any]) -> set[str]:

@@ -12,10 +12,11 @@ What is measured
   3. CPU: the app server's CPU microseconds per request, and how busy the machine's cores were (app
      server, PostgreSQL, Redis, load generator, anything else) while each endpoint was under load, read
      from /proc. When other processes took a noticeable share, the report says the run is contaminated.
-  4. Round trips per ``GET /api/v1/me``: database statements and transactions, counted in this process
-     with SQLAlchemy engine events on the app built by ``create_app`` (same database, same token), and Redis
-     commands per request from ``INFO commandstats``; during the load run, PostgreSQL transactions per
-     request and new connections (``pg_stat_database``) and Redis commands per request and new connections.
+  4. Round trips per ``GET /api/v1/me``: every database statement on the wire (BEGIN and COMMIT
+     included), counted in this process with asyncpg's query logger on the app built by ``create_app``
+     (same database, same token), and Redis commands per request from ``INFO commandstats``; during the
+     load run, PostgreSQL transactions per request and new connections (``pg_stat_database``) and Redis
+     commands per request and new connections.
   5. One token check in-process: EdDSA signature and claims verification for distinct tokens (uncached),
      the cached path that a repeated token takes, and the revocation look-up.
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -49,7 +51,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,7 +317,7 @@ def _shorten_sql(statement: str) -> str:
 async def inspect_me_in_process(settings: Settings, token: str, samples: int) -> dict[str, Any]:
     """On the app that ``create_app`` builds (same database, Redis and token), in this process:
 
-    round trips per ``GET /me`` (statements and transactions counted with SQLAlchemy engine events, Redis
+    round trips per ``GET /me`` (every statement on the wire, counted with asyncpg's query logger, Redis
     commands from INFO commandstats) and what one token check costs (signature verification without and
     with the verified-token cache, and the revocation look-up).
     """
@@ -326,49 +327,43 @@ async def inspect_me_in_process(settings: Settings, token: str, samples: int) ->
     from sehat.app import create_app
 
     app = create_app(settings)
-    counts: Counter[str] = Counter()
     statements: Counter[str] = Counter()
+    logged_connections: set[int] = set()
 
-    def on_statement(*arguments: Any) -> None:
-        counts["statements"] += 1
-        statements[_shorten_sql(arguments[2])] += 1
+    def on_query(record: Any) -> None:
+        statements[_shorten_sql(record.query)] += 1
 
-    listeners: dict[str, Callable[..., None]] = {
-        "before_cursor_execute": on_statement,
-        "begin": lambda *_: counts.update(["begin"]),
-        "commit": lambda *_: counts.update(["commit"]),
-        "rollback": lambda *_: counts.update(["rollback"]),
-    }
+    def on_checkout(dbapi_connection: Any, *_: Any) -> None:
+        # asyncpg's own query logger sees every statement sent on the wire, including the BEGIN and COMMIT
+        # that SQLAlchemy's adapter issues and the raw statements hot paths send past SQLAlchemy.
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in logged_connections:
+            logged_connections.add(id(driver))
+            driver.add_query_logger(on_query)
+
     redis_client = redis.Redis.from_url(REDIS_URL)
     try:
         async with LifespanManager(app) as manager:
             sync_engine = app.state.database.engine.sync_engine
-            for name, listener in listeners.items():
-                event.listen(sync_engine, name, listener)
+            event.listen(sync_engine, "checkout", on_checkout)
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url=settings.public_base_url) as client:
                 for _ in range(3):  # warm: pool connections open, prepared statements cached
                     _expect(await client.get(ME, headers=bearer(token)), 200, "in-process /me warm-up")
-                counts.clear()
                 statements.clear()
                 redis_before = redis_command_calls(redis_client)
                 for _ in range(samples):
                     _expect(await client.get(ME, headers=bearer(token)), 200, "in-process /me")
                 redis_after = redis_command_calls(redis_client)
-            for name, listener in listeners.items():
-                event.remove(sync_engine, name, listener)
+            event.remove(sync_engine, "checkout", on_checkout)
             token_verification = await time_token_checks(app.state.auth, TOKEN_VERIFY_SAMPLES)
     finally:
         redis_client.close()
-    statements_per_request = counts["statements"] / samples
-    begins_per_request = counts["begin"] / samples
-    commits_per_request = (counts["commit"] + counts["rollback"]) / samples
+    statements_per_request = sum(statements.values()) / samples
     redis_per_request = per_request(redis_before, redis_after, samples)
     round_trips = {
         "samples": samples,
-        "database_statements": round(statements_per_request, 3),
-        "database_transactions": round(begins_per_request, 3),
-        "database_round_trips_estimate": round(statements_per_request + begins_per_request + commits_per_request, 3),
+        "database_round_trips": round(statements_per_request, 3),
         "database_statement_texts": {text: round(count / samples, 3) for text, count in statements.items()},
         "redis_commands": round(sum(redis_per_request.values()), 3),
         "redis_commands_by_name": redis_per_request,
@@ -454,18 +449,8 @@ def measure_endpoint(
 def run_load(
     options: Options, wrk: str | None, server: ServerProcess, path: str, headers: dict[str, str], seconds: float
 ) -> LoadResult:
-    if wrk is not None:
-        return run_wrk(
-            wrk,
-            server.base_url,
-            path,
-            threads=options.threads,
-            connections=options.connections,
-            duration_seconds=seconds,
-            headers=headers,
-            server_pid=server.pid,
-        )
-    return run_python_load(
+    generate = functools.partial(run_wrk, wrk) if wrk is not None else run_python_load
+    return generate(
         server.base_url,
         path,
         threads=options.threads,
@@ -671,9 +656,9 @@ def render_report(results: dict[str, Any]) -> str:
     verification = results["token_verification_in_process"]
     lines += [
         "",
-        f"Round trips per GET {ME} (in-process, {trips['samples']} requests, counted with SQLAlchemy events):",
-        f"  database: {trips['database_statements']:g} statements in {trips['database_transactions']:g} "
-        f"transaction(s), about {trips['database_round_trips_estimate']:g} round trips with BEGIN and COMMIT",
+        f"Round trips per GET {ME} (in-process, {trips['samples']} requests, asyncpg's query logger):",
+        f"  database: {trips['database_round_trips']:g} round trips (statements on the wire, BEGIN and COMMIT "
+        f"included): {trips['database_statement_texts']}",
     ]
     lines += [f"    {count:g} x {text}" for text, count in trips["database_statement_texts"].items()]
     lines += [

@@ -104,7 +104,7 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         "",
         f"every demo account's password: {DEMO_PASSWORD}",
         f"staff sign in with a one-time code too; TOTP secret {DEMO_TOTP_SECRET}",
-        "  (current code: python -c \"import pyotp; print(pyotp.TOTP('" + DEMO_TOTP_SECRET + "').now())\")",
+        f"  (current code: {sys.executable} -c \"import pyotp; print(pyotp.TOTP('{DEMO_TOTP_SECRET}').now())\")",
         "",
     ]
     lines += [f"  {account.role.value:<15} {account.email}" for account in accounts]

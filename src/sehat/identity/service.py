@@ -224,12 +224,6 @@ async def seed_revocations(session: AsyncSession, auth: AuthRuntime) -> int:
     return len(rows)
 
 
-async def purge_expired_sessions(session: AsyncSession) -> int:
-    """Sessions past their absolute end carry nothing worth keeping (audit keeps the sign-in record)."""
-    result = await session.execute(delete(AuthSession).where(AuthSession.expires_at < utcnow() - timedelta(days=1)))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 # --- second factor -----------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sehat.core.db import commit, rollback
+from sehat.core.db import finish
 from sehat.core.errors import (
     Conflict,
     InternalError,
@@ -95,15 +95,8 @@ class UnitOfWorkRoute(APIRoute):
 
 async def _finish(scope: Scope, *, keep: bool) -> None:
     session: AsyncSession | None = scope.pop(SCOPE_SESSION, None)
-    if session is None:
-        return
-    try:
-        if keep:
-            await commit(session)
-        else:
-            await rollback(session)
-    finally:
-        await session.close()
+    if session is not None:
+        await finish(session, keep=keep)
 
 
 def api_router(**kwargs: Any) -> APIRouter:

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sehat.core.db import driver_connection
 from sehat.identity.models import User, UserFacility
 
 
@@ -47,8 +48,7 @@ async def load_profile(session: AsyncSession, user_id: uuid.UUID) -> Profile | N
 
 
 async def load_profile_postgresql(session: AsyncSession, user_id: uuid.UUID) -> Profile | None:
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
+    driver = await session.run_sync(driver_connection)
     row = await driver.fetchrow(_PROFILE_SQL, user_id)  # type: ignore[union-attr]
     if row is None:
         return None

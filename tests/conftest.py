@@ -136,11 +136,16 @@ async def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: P
     await _empty_postgres_tables()
 
 
+# Reference data the migrations insert, which every test starts from: emptying it would leave every role
+# without permissions. A test that changes it restores it.
+SEEDED_TABLES = frozenset({"permissions", "role_permissions"})
+
+
 async def _empty_postgres_tables() -> None:
     engine = create_async_engine(POSTGRES_URL)
     try:
         async with engine.begin() as connection:
-            names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+            names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables if table.name not in SEEDED_TABLES)
             await connection.execute(text(f"TRUNCATE {names} CASCADE"))
     finally:
         await engine.dispose()
@@ -332,7 +337,6 @@ async def _actor_for(api: Api, user_id: uuid.UUID) -> Any:
     """A service-level actor for a user, as the auth dependency would build it from their token."""
     from sehat.core.actor import Actor, Audience, Role
     from sehat.identity.models import User
-    from sehat.identity.permissions import permissions_for
 
     async with api.unit_of_work() as session:
         user = await session.get(User, user_id)
@@ -344,7 +348,7 @@ async def _actor_for(api: Api, user_id: uuid.UUID) -> Any:
             audience=Audience.staff,
             session_id=uuid.uuid4(),
             token_id="test",
-            permissions=permissions_for(roles),
+            permissions=api.auth.permissions.for_roles(roles),
         )
 
 

@@ -15,7 +15,9 @@ import httpx
 import pyotp
 import pytest
 
+from sehat.core.actor import Role
 from sehat.core.crypto import KeyRing
+from sehat.core.migrate import head_revision
 
 
 def _free_port() -> int:
@@ -75,9 +77,9 @@ def _running(env: dict[str, str], *arguments: str) -> Iterator[tuple[str, subpro
 def test_help_lists_every_command() -> None:
     result = _sehat(dict(os.environ), "--help")
     assert result.returncode == 0
-    for command in ("serve", "migrate", "demo", "admin", "keys"):
+    for command in ("serve", "migrate", "demo", "admin", "keys", "permissions"):
         assert command in result.stdout
-    for group, command in (("admin", "create-platform-admin"), ("keys", "rotate-signing")):
+    for group, command in (("admin", "create-platform-admin"), ("keys", "rotate-signing"), ("permissions", "list")):
         assert command in _sehat(dict(os.environ), group, "--help").stdout
 
 
@@ -99,7 +101,18 @@ def test_migrate_reports_the_revision_and_is_repeatable(cli_env: dict[str, str])
     first = _sehat(cli_env, "migrate")
     again = _sehat(cli_env, "migrate")
     assert first.returncode == again.returncode == 0
-    assert "revision 0001" in first.stdout
+    assert f"revision {head_revision()}" in first.stdout
+
+
+def test_permissions_list_prints_every_role_with_the_grants_in_the_database(cli_env: dict[str, str]) -> None:
+    assert _sehat(cli_env, "migrate").returncode == 0
+    listed = _sehat(cli_env, "permissions", "list")
+    assert listed.returncode == 0, listed.stderr
+    grants = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()}
+    assert grants["org_admin"] == ["facility.manage", "facility.read", "self.session", "user.manage", "user.read"]
+    assert grants["platform_admin"] == ["organization.manage", "self.session"]
+    assert grants["patient"] == ["self.session"]
+    assert set(grants) == {role.value for role in Role}
 
 
 def test_create_platform_admin_reads_the_password_from_stdin_and_that_admin_can_sign_in(

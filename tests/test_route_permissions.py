@@ -56,3 +56,22 @@ def test_the_public_list_names_only_routes_that_exist() -> None:
     app = create_app(Settings(_env_file=None, master_key=MASTER_KEY))  # type: ignore[call-arg]
     paths = {route.path for route in _api_routes(app.routes)}
     assert paths >= PUBLIC_ROUTES
+
+
+async def test_every_declared_permission_is_in_the_permissions_table_of_a_migrated_database(api: Any) -> None:
+    from sqlalchemy import select
+
+    from sehat.identity.models import Permission
+
+    async with api.unit_of_work() as session:
+        catalogue = set((await session.scalars(select(Permission.name))).all())
+    # The names code may declare and the names the database can grant are the same list.
+    assert catalogue == ALL_PERMISSIONS
+    declared = {
+        requirement.permission
+        for route in _api_routes(api.app.routes)
+        if route.path.startswith("/api/")
+        for requirement in _declared(route.dependant)
+    }
+    assert declared, "the walk found no declared permissions"
+    assert declared - catalogue == set(), "routes declare permissions the database does not know"

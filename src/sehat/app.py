@@ -23,6 +23,7 @@ from sehat.core.migrate import is_up_to_date
 from sehat.identity import api as identity_api
 from sehat.identity import service as identity_service
 from sehat.identity.passwords import Passwords
+from sehat.identity.permissions import PermissionTable
 from sehat.identity.revocation import MemoryRevokedSessions, RedisRevokedSessions, RevokedSessions
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.throttle import LoginThrottle
@@ -42,11 +43,13 @@ class SchemaNotReady(RuntimeError):
 
 
 async def _sync_shared_state(app: FastAPI) -> None:
-    """Reload signing keys and re-seed revoked sessions from the database, the record of both.
+    """Reload signing keys and role grants and re-seed revoked sessions from the database, the record of all
+    three, so a change made through any server reaches every server within one refresh interval.
 
     Re-seeding heals a revocation store that lost its contents (a Redis restarted without persistence)."""
     async with app.state.database.unit_of_work(write=False) as session:
         await app.state.auth.signing_keys.load(session)
+        await app.state.auth.permissions.load(session)
         await identity_service.seed_revocations(session, app.state.auth)
 
 
@@ -73,6 +76,7 @@ def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
         tokens=AccessTokens(signing_keys, settings),
         revoked=revoked,
         throttle=LoginThrottle(settings, settings.redis_url),
+        permissions=PermissionTable(),
     )
 
 
@@ -95,6 +99,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.auth.revoked.start()
         async with database.unit_of_work() as session:
             await app.state.auth.signing_keys.ensure_current(session)
+            # Loaded here as well as below: the refresh below may fail on the revocation store, and until
+            # the grants are loaded every permission check denies.
+            await app.state.auth.permissions.load(session)
         try:
             await _sync_shared_state(app)
         except ServiceUnavailable:

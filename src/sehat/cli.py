@@ -13,8 +13,10 @@ from sehat.settings import Settings
 app = typer.Typer(help="sehat: outpatient care for clinics and hospital networks.", no_args_is_help=True)
 admin_app = typer.Typer(help="Platform administration.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
+permissions_app = typer.Typer(help="Roles and the permissions they grant.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
+app.add_typer(permissions_app, name="permissions")
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
@@ -175,6 +177,31 @@ async def _rotate_signing(settings: Settings) -> str:
     try:
         async with database.unit_of_work() as session:
             return await SigningKeys(load_key_ring(settings), settings).add_key(session)
+    finally:
+        await database.dispose()
+
+
+@permissions_app.command("list")
+def list_permissions() -> None:
+    """Print each role with the permissions the database grants it (servers reload them periodically)."""
+    from sehat.core.actor import Role
+
+    grants = asyncio.run(_read_grants(_settings()))
+    # Every known role is listed, so a role with no grants shows up as denied rather than missing.
+    roles = [role.value for role in Role] + sorted(set(grants) - {role.value for role in Role})
+    width = max(len(role) for role in roles)
+    for role in roles:
+        typer.echo(f"{role:<{width}}  {' '.join(grants.get(role, [])) or '(none)'}")
+
+
+async def _read_grants(settings: Settings) -> dict[str, list[str]]:
+    from sehat.core.db import Database, create_engine
+    from sehat.identity.permissions import read_grants
+
+    database = Database(create_engine(settings))
+    try:
+        async with database.unit_of_work(write=False) as session:
+            return await read_grants(session)
     finally:
         await database.dispose()
 

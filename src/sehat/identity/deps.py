@@ -1,7 +1,8 @@
 """Authentication and permission checks for routes: ``Depends(require(permission))``.
 
 Checking a request costs no database round trip: the token's signature is verified with an in-memory key
-(and remembered until it expires), and revocation is looked up in memory or Redis by session id.
+(and remembered until it expires), revocation is looked up in memory or Redis by session id, and the roles'
+permissions come from the in-memory copy of the role to permission table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sehat.core.actor import Actor, Audience, TokenScope
 from sehat.core.errors import Forbidden, Unauthenticated
 from sehat.core.http import SCOPE_ACTOR, SCOPE_REQUEST_ID
-from sehat.identity.permissions import SELF_SERVICE, permissions_for
+from sehat.identity.permissions import SELF_SERVICE
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.tokens import AccessClaims, InvalidToken, UnknownSigningKey
 
@@ -74,7 +75,7 @@ class Require:
             raise Forbidden(
                 "Enrol a second factor first (POST /api/v1/auth/mfa/enroll).", code="mfa_enrollment_required"
             )
-        permissions = permissions_for(claims.roles)
+        permissions = auth.permissions.for_roles(claims.roles)
         if self.permission not in permissions:
             raise Forbidden("Your role does not allow this action.", code="permission_denied")
         actor = Actor(

@@ -75,3 +75,24 @@ class SigningKey(TimestampMixin, Base):
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     private_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     superseded_at: Mapped[datetime | None]
+
+
+class Permission(Base):
+    """A named right that routes and policies check, such as ``facility.read``. Platform-wide: every
+    organization shares the same catalogue, so no ``organization_id``."""
+
+    __tablename__ = "permissions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(String(200))
+
+
+class RolePermission(Base):
+    """One grant: holders of ``role`` have ``permission``. Servers keep the whole table in memory."""
+
+    __tablename__ = "role_permissions"
+
+    # A plain string rather than an enum type: a row for a role this server does not know yet (written by a
+    # newer release during a rolling deploy) is skipped by the loader instead of failing it.
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(64), ForeignKey("permissions.name"), primary_key=True)

@@ -1,13 +1,20 @@
-"""Permissions are data: each role grants a set of them, and routes declare the one they need.
+"""Permissions are data: the ``role_permissions`` table says which role grants what, routes declare the one
+they need.
 
-Issue 3 moves this table into the database; the names are already the contract routes depend on.
+The names below are the contract routes and policies are written against. Which roles hold them is read from
+the database: each server keeps the whole (small) table in memory, loaded at start-up and reloaded with the
+signing keys, so checking a permission never costs a round trip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from sehat.core.actor import Role
+from sehat.identity.models import RolePermission
 
 # Every signed-in user may manage their own session and second factor and read their own profile.
 SELF_SERVICE = "self.session"
@@ -18,28 +25,64 @@ FACILITY_MANAGE = "facility.manage"
 USER_READ = "user.read"
 USER_MANAGE = "user.manage"
 
-_STAFF_COMMON = {SELF_SERVICE, FACILITY_READ}
+# The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
+ALL_PERMISSIONS: frozenset[str] = frozenset(
+    {SELF_SERVICE, ORGANIZATION_MANAGE, FACILITY_READ, FACILITY_MANAGE, USER_READ, USER_MANAGE}
+)
 
-ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
-    # Platform administrators run tenants; they hold no permission over any tenant's people or data.
-    Role.platform_admin: frozenset({SELF_SERVICE, ORGANIZATION_MANAGE}),
-    Role.org_admin: frozenset({*_STAFF_COMMON, FACILITY_MANAGE, USER_READ, USER_MANAGE}),
-    Role.front_office: frozenset(_STAFF_COMMON),
-    Role.doctor: frozenset(_STAFF_COMMON),
-    Role.nurse: frozenset(_STAFF_COMMON),
-    Role.billing: frozenset(_STAFF_COMMON),
-    Role.auditor: frozenset({*_STAFF_COMMON, USER_READ}),
-    Role.patient: frozenset({SELF_SERVICE}),
-}
-
-ALL_PERMISSIONS: frozenset[str] = frozenset().union(*ROLE_PERMISSIONS.values())
+# Tokens carry only known roles, so there are at most 2^8 role sets; the bound guards against misuse.
+_CACHE_LIMIT = 1024
 
 
-def permissions_for(roles: Iterable[Role | str]) -> frozenset[str]:
-    granted: set[str] = set()
-    for role in roles:
-        try:
-            granted |= ROLE_PERMISSIONS[Role(role)]
-        except ValueError:
-            continue  # an unknown role name grants nothing
-    return frozenset(granted)
+async def read_grants(session: AsyncSession) -> dict[str, list[str]]:
+    """Every role named in ``role_permissions`` (known to this release or not) with its sorted grants."""
+    rows = await session.execute(
+        select(RolePermission.role, RolePermission.permission).order_by(RolePermission.role, RolePermission.permission)
+    )
+    grants: dict[str, list[str]] = {}
+    for role, permission in rows:
+        grants.setdefault(role, []).append(permission)
+    return grants
+
+
+class PermissionTable:
+    """One server's in-memory copy of ``role_permissions``. Empty until loaded, so it denies by default."""
+
+    def __init__(self) -> None:
+        self._grants: dict[Role, frozenset[str]] = {}
+        self._by_role_set: dict[frozenset[Role | str], frozenset[str]] = {}
+
+    async def load(self, session: AsyncSession) -> None:
+        grants: dict[Role, frozenset[str]] = {}
+        for name, permissions in (await read_grants(session)).items():
+            try:
+                role = Role(name)
+            except ValueError:
+                continue  # a role a newer release added; this server grants it nothing
+            grants[role] = frozenset(permissions)
+        # Swap both dictionaries in one step: a request sees the old table or the new one, never a mix.
+        self._grants, self._by_role_set = grants, {}
+
+    def for_roles(self, roles: Iterable[Role | str]) -> frozenset[str]:
+        # Tokens' roles arrive as a frozenset already, whose hash Python keeps: a hit is one dictionary lookup.
+        key = roles if isinstance(roles, frozenset) else frozenset(roles)
+        grants, cache = self._grants, self._by_role_set
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+        granted: set[str] = set()
+        for role in key:
+            try:
+                granted |= grants.get(Role(role), frozenset())
+            except ValueError:
+                continue  # an unknown role name grants nothing
+        result = frozenset(granted)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = result
+        return result
+
+    @property
+    def grants(self) -> dict[Role, frozenset[str]]:
+        """A copy of the loaded grants, role by role."""
+        return dict(self._grants)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sehat.core.crypto import KeyRing
 from sehat.identity.passwords import Passwords
+from sehat.identity.permissions import PermissionTable
 from sehat.identity.revocation import RevokedSessions
 from sehat.identity.throttle import LoginThrottle
 from sehat.identity.tokens import AccessTokens, SigningKeys
@@ -21,3 +22,4 @@ class AuthRuntime:
     tokens: AccessTokens
     revoked: RevokedSessions
     throttle: LoginThrottle
+    permissions: PermissionTable

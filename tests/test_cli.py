@@ -200,3 +200,30 @@ def test_demo_is_refused_in_production(cli_env: dict[str, str]) -> None:
     result = _sehat(production, "demo")
     assert result.returncode == 2
     assert "refused in production" in result.stderr
+
+
+def test_audit_verify_reports_ok_then_names_the_first_tampered_entry(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import sqlite3
+
+    env = {
+        **cli_env,
+        "SEHAT_AUDIT_CHECKPOINT_FILE": str(tmp_path / "checkpoints.jsonl"),
+        "SEHAT_AUDIT_SEAL_SETTLE_SECONDS": "0",
+    }
+    assert _sehat(env, "migrate").returncode == 0
+    _sehat(env, "admin", "create-platform-admin", "--email", "r@example.org", "--password-stdin", stdin="p" * 14)
+    with _running(env, "serve") as (base, _):
+        for password in ("p" * 14, "wrong password", "p" * 14):
+            httpx.post(f"{base}/api/v1/auth/token", data={"username": "r@example.org", "password": password})
+    assert "sealed 3 entries" in _sehat(env, "audit", "seal").stdout
+    clean = _sehat(env, "audit", "verify")
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.startswith("OK: 3 sealed entries")
+    database = sqlite3.connect(env["SEHAT_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
+    database.execute("DROP TRIGGER audit_events_no_update")
+    database.execute("UPDATE audit_events SET outcome = 'success' WHERE id = 2")
+    database.commit()
+    database.close()
+    tampered = _sehat(env, "audit", "verify")
+    assert tampered.returncode == 1
+    assert "TAMPERED: the entry sealed at 2 was edited" in tampered.stderr

@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from sehat import __version__
+from sehat.core.audit import AuditLog
+from sehat.core.audit_chain import AuditChain
 from sehat.core.crypto import load_key_ring
 from sehat.core.db import Database, create_engine
 from sehat.core.errors import ServiceUnavailable
@@ -53,6 +55,16 @@ async def _sync_shared_state(app: FastAPI) -> None:
         await identity_service.seed_revocations(session, app.state.auth)
 
 
+async def _keep_sealing(app: FastAPI, interval: float) -> None:
+    """Seal settled audit entries into the chain; one sealer at a time across servers (advisory lock)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await app.state.audit_chain.seal(app.state.database)
+        except Exception as exc:
+            log.warning("audit_sealing_failed", exc_type=type(exc).__name__)
+
+
 async def _keep_shared_state_fresh(app: FastAPI, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -77,6 +89,7 @@ def build_auth(settings: Settings, redis: Redis | None) -> AuthRuntime:
         revoked=revoked,
         throttle=LoginThrottle(settings, settings.redis_url),
         permissions=PermissionTable(),
+        audit=AuditLog(key_ring),
     )
 
 
@@ -92,11 +105,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database = database
     app.state.redis = redis
     refresher: asyncio.Task[None] | None = None
+    sealer: asyncio.Task[None] | None = None
     try:
         if not await is_up_to_date(database.engine):
             raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
         app.state.auth = build_auth(settings, redis)
         await app.state.auth.revoked.start()
+        app.state.audit = app.state.auth.audit
+        app.state.audit_chain = AuditChain(
+            app.state.auth.key_ring, settings.audit_checkpoint_file, settings.audit_seal_settle_seconds
+        )
         async with database.unit_of_work() as session:
             await app.state.auth.signing_keys.ensure_current(session)
             # Loaded here as well as below: the refresh below may fail on the revocation store, and until
@@ -108,6 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # Start anyway: /readyz reports the store, and every authenticated request fails closed meanwhile.
             log.warning("revocation_store_unavailable_at_start")
         refresher = asyncio.create_task(_keep_shared_state_fresh(app, settings.signing_key_refresh_seconds))
+        sealer = asyncio.create_task(_keep_sealing(app, settings.audit_seal_interval_seconds))
         # Long-lived start-up objects (modules, routes, schemas) need no more collecting; fewer, cheaper young
         # collections keep latency tails short under load.
         gc.collect()
@@ -116,10 +135,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("started", version=__version__, backend=database.engine.dialect.name, redis=redis is not None)
         yield
     finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+        for task in (refresher, sealer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if getattr(app.state, "auth", None) is not None:
             await app.state.auth.revoked.stop()
         if redis is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -202,6 +202,49 @@ async def _read_grants(settings: Settings) -> dict[str, list[str]]:
     try:
         async with database.unit_of_work(write=False) as session:
             return await read_grants(session)
+    finally:
+        await database.dispose()
+
+
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("seal")
+def audit_seal() -> None:
+    """Seal settled audit entries into the chain now (servers also do this in the background)."""
+    sealed = asyncio.run(_audit(_settings(), verify=False))
+    typer.echo(f"sealed {sealed} entries")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check every audit entry, the chain and the signed checkpoints; name the first place tampered with."""
+    report = asyncio.run(_audit(_settings(), verify=True))
+    if report.ok:
+        typer.echo(
+            f"OK: {report.sealed} sealed entries, {report.unsealed} awaiting a seal, "
+            f"last checkpoint at {report.checkpoint_index}"
+        )
+        return
+    first = report.first
+    typer.secho(f"TAMPERED: {first.message}", fg=typer.colors.RED, err=True)
+    for finding in report.findings[:20]:
+        typer.echo(
+            f"  {finding.kind:<14} chain index {finding.chain_index}  event id {finding.event_id}: {finding.message}"
+        )
+    raise typer.Exit(1)
+
+
+async def _audit(settings: Settings, *, verify: bool) -> Any:
+    from sehat.core.audit_chain import AuditChain
+    from sehat.core.crypto import load_key_ring
+    from sehat.core.db import Database, create_engine
+
+    database = Database(create_engine(settings))
+    chain = AuditChain(load_key_ring(settings), settings.audit_checkpoint_file, settings.audit_seal_settle_seconds)
+    try:
+        return await (chain.verify(database) if verify else chain.seal(database))
     finally:
         await database.dispose()
 

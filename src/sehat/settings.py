@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     auto_migrate: bool | None = Field(default=None, description="Migrate on `serve`; default: on for SQLite only")
 
+    audit_checkpoint_file: Path = Field(
+        default=Path("audit-checkpoints.jsonl"),
+        description="Signed audit checkpoints are appended here: keep it outside the database and its backups",
+    )
+    audit_seal_interval_seconds: float = Field(default=2.0, gt=0)
+    audit_seal_settle_seconds: float = Field(
+        default=5.0, ge=0, description="Entries younger than this wait for the next sealing round"
+    )
+
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
     refresh_idle_timeout_seconds: int = Field(default=1800, ge=60)
     session_absolute_timeout_seconds: int = Field(default=43_200, ge=300)

@@ -35,15 +35,19 @@ class DecryptionError(RuntimeError):
     """A sealed value did not open: wrong key, wrong place, or tampered. Carries no data."""
 
 
+def _hkdf(master_key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master_key)
+
+
 def _derive_kek(master_key: bytes, kid: str) -> AESGCM:
-    kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"sehat/kek/" + kid.encode()).derive(master_key)
-    return AESGCM(kek)
+    return AESGCM(_hkdf(master_key, b"sehat/kek/" + kid.encode()))
 
 
 @dataclass(frozen=True)
 class KeyRing:
     primary_kid: str
     _ciphers: dict[str, AESGCM]
+    _masters: dict[str, bytes]
 
     @classmethod
     def parse(cls, text: str) -> KeyRing:
@@ -51,6 +55,7 @@ class KeyRing:
         if not entries:
             raise KeyRingError("the master key ring is empty")
         ciphers: dict[str, AESGCM] = {}
+        masters: dict[str, bytes] = {}
         for entry in entries:
             kid, sep, encoded = entry.partition(":")
             if not sep or not _KID_PATTERN.match(kid):
@@ -64,7 +69,8 @@ class KeyRing:
             if kid in ciphers:
                 raise KeyRingError(f"master key id {kid!r} appears twice")
             ciphers[kid] = _derive_kek(key, kid)
-        return cls(primary_kid=entries[0].partition(":")[0], _ciphers=ciphers)
+            masters[kid] = key
+        return cls(primary_kid=entries[0].partition(":")[0], _ciphers=ciphers, _masters=masters)
 
     @staticmethod
     def generate_entry(kid: str = "k1") -> str:
@@ -73,6 +79,17 @@ class KeyRing:
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._ciphers)
+
+    def derive(self, purpose: str, kid: str | None = None) -> tuple[str, bytes]:
+        """A 32-byte key for one purpose (an HMAC key, a signing seed), from the primary or a named master key.
+
+        Keys for different purposes are independent, and none of them can be computed without the master key.
+        """
+        kid = kid or self.primary_kid
+        master = self._masters.get(kid)
+        if master is None:
+            raise DecryptionError("no master key with that id in the ring")
+        return kid, _hkdf(master, f"sehat/{purpose}/{kid}".encode())
 
     def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
         kid = self.primary_kid.encode()

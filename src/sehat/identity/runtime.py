@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sehat.core.audit import AuditLog
 from sehat.core.crypto import KeyRing
 from sehat.identity.passwords import Passwords
 from sehat.identity.permissions import PermissionTable
@@ -22,4 +23,5 @@ class AuthRuntime:
     tokens: AccessTokens
     revoked: RevokedSessions
     throttle: LoginThrottle
+    audit: AuditLog
     permissions: PermissionTable

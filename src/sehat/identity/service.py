@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
@@ -13,9 +14,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience, Role, SystemActor, TokenScope
+from sehat.core.audit import AuditEntry, Outcome
 from sehat.core.clock import utcnow
 from sehat.core.crypto import associated_data
-from sehat.core.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from sehat.core.errors import Conflict, InvalidInput, NotFound, Problem, Unauthenticated
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
 from sehat.identity import mfa, policy, repository
@@ -57,10 +59,46 @@ def _audience_for(roles: Iterable[str]) -> Audience:
 # --- sign-in and sessions ---------------------------------------------------------------------------------
 
 
+@dataclass
+class _SignInAttempt:
+    """What is known about a sign-in attempt so far, for its audit entry."""
+
+    account: str
+    user: User | None = None
+
+
 async def sign_in(session: AsyncSession, auth: AuthRuntime, form: SignInForm, client_address: str) -> TokenPair:
+    """Every attempt is audited: success in the new session's transaction, a refusal in its own (kept even
+    though the request fails). The typed e-mail is recorded only as a keyed pseudonym."""
     email = normalize_email(form.username)
+    attempt = _SignInAttempt(account=auth.audit.pseudonym(email))
+    try:
+        return await _sign_in(session, auth, form, email, client_address, attempt)
+    except Problem as refusal:
+        user = attempt.user
+        auth.audit.record(
+            session,
+            None,
+            AuditEntry(
+                action="auth.sign_in",
+                outcome=Outcome.denied if refusal.status == 429 else Outcome.failure,
+                resource_type="user" if user else None,
+                resource_id=str(user.id) if user else None,
+                details={"reason": refusal.code, "account": attempt.account},
+            ),
+            organization_id=user.organization_id if user else None,
+            client_address=client_address,
+        )
+        refusal.keep_changes = True
+        raise
+
+
+async def _sign_in(
+    session: AsyncSession, auth: AuthRuntime, form: SignInForm, email: str, client_address: str, attempt: _SignInAttempt
+) -> TokenPair:
     await auth.throttle.check(email, client_address)
     user = await session.scalar(select(User).where(User.email == email))
+    attempt.user = user
     # The password is checked (against a decoy hash for unknown accounts) before anything else is decided,
     # so every failure below costs the same time and returns the same answer.
     password_ok = await auth.passwords.verify(user.password_hash if user else None, form.password)
@@ -88,6 +126,21 @@ async def sign_in(session: AsyncSession, auth: AuthRuntime, form: SignInForm, cl
     enrolment_only = audience is Audience.staff and auth.settings.staff_mfa_required and not user.mfa_enabled
     scope = TokenScope.mfa_enrollment if enrolment_only else TokenScope.full
     log.info("sign_in_succeeded", user_id=str(user.id), scope=scope.value)
+    auth.audit.record(
+        session,
+        None,
+        AuditEntry(
+            action="auth.sign_in",
+            outcome=Outcome.success,
+            resource_type="user",
+            resource_id=str(user.id),
+            details={"scope": scope.value, "account": attempt.account},
+        ),
+        organization_id=user.organization_id,
+        client_address=client_address,
+        user_id=user.id,
+        roles=user.roles,
+    )
     return await _open_session(session, auth, user, scope)
 
 
@@ -172,6 +225,19 @@ async def refresh(session: AsyncSession, auth: AuthRuntime, refresh_token: str) 
 async def _revoke_family(session: AsyncSession, auth: AuthRuntime, auth_session: AuthSession) -> None:
     await _revoke_sessions(session, auth, [auth_session], reason="refresh_token_reuse")
     log.warning("refresh_token_reuse_detected", session_id=str(auth_session.id), user_id=str(auth_session.user_id))
+    auth.audit.record(
+        session,
+        None,
+        AuditEntry(
+            action="auth.refresh_token_reuse",
+            outcome=Outcome.denied,
+            resource_type="session",
+            resource_id=str(auth_session.id),
+            details={"family_revoked": True},
+        ),
+        organization_id=auth_session.organization_id,
+        user_id=auth_session.user_id,
+    )
     raise Unauthenticated(
         "This refresh token was already used; the session has been ended.",
         code="refresh_token_reused",
@@ -206,6 +272,13 @@ async def sign_out(session: AsyncSession, auth: AuthRuntime, actor: Actor) -> No
     auth_session = await session.get(AuthSession, actor.session_id)
     if auth_session is not None:
         await _revoke_sessions(session, auth, [auth_session], reason="logout")
+    auth.audit.record(
+        session,
+        actor,
+        AuditEntry(
+            action="auth.sign_out", outcome=Outcome.success, resource_type="session", resource_id=str(actor.session_id)
+        ),
+    )
 
 
 async def seed_revocations(session: AsyncSession, auth: AuthRuntime) -> int:

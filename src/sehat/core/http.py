@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sehat.core.audit import AuditEntry, Outcome
 from sehat.core.db import finish
 from sehat.core.errors import (
     Conflict,
@@ -45,6 +46,10 @@ SCOPE_SESSION = "sehat.session"
 SCOPE_WRITES = "sehat.writes"
 SCOPE_REQUEST_ID = "sehat.request_id"
 SCOPE_ACTOR = "sehat.actor"
+# Set by an access guard (identity's `require`) when a request reaches for a protected resource: a 401, 403 or
+# 404 on such a request is a denial, and every denial is audited.
+SCOPE_PROTECTED = "sehat.protected"
+_DENIAL_STATUSES = frozenset({401, 403, 404})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -83,6 +88,8 @@ class UnitOfWorkRoute(APIRoute):
                 response = await handler(request)
             except Problem as problem:
                 await _finish(scope, keep=problem.keep_changes)
+                if problem.status in _DENIAL_STATUSES and scope.get(SCOPE_PROTECTED):
+                    await _audit_denial(request, self.path, problem)
                 raise
             except BaseException:
                 await _finish(scope, keep=False)
@@ -91,6 +98,37 @@ class UnitOfWorkRoute(APIRoute):
             return response
 
         return run_in_unit_of_work
+
+
+async def _audit_denial(request: Request, route: str, problem: Problem) -> None:
+    """Record a refused access in a transaction of its own: the request's work was rolled back, its denial
+    must not be. Never replaces the refusal the caller gets, even if the audit write fails."""
+    scope = request.scope
+    actor = scope.get(SCOPE_ACTOR)
+    entry = AuditEntry(
+        action="access.denied",
+        outcome=Outcome.denied,
+        resource_type="route",
+        resource_id=None,
+        details={
+            "method": request.method,
+            "route": route,
+            "status": problem.status,
+            "code": problem.code,
+            "path_params": {name: str(value) for name, value in request.path_params.items()},
+        },
+    )
+    try:
+        async with request.app.state.database.unit_of_work() as session:
+            request.app.state.audit.record(
+                session,
+                actor,
+                entry,
+                client_address=request.client.host if request.client else None,
+                request_id=scope.get(SCOPE_REQUEST_ID),
+            )
+    except Exception as exc:
+        log.error("denial_audit_failed", exc_type=type(exc).__name__)
 
 
 async def _finish(scope: Scope, *, keep: bool) -> None:

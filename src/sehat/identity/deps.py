@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sehat.core.actor import Actor, Audience, TokenScope
 from sehat.core.errors import Forbidden, Unauthenticated
-from sehat.core.http import SCOPE_ACTOR, SCOPE_REQUEST_ID
+from sehat.core.http import SCOPE_ACTOR, SCOPE_PROTECTED, SCOPE_REQUEST_ID
 from sehat.identity.permissions import SELF_SERVICE
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.tokens import AccessClaims, InvalidToken, UnknownSigningKey
@@ -60,6 +60,7 @@ class Require:
     async def __call__(
         self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Actor:
+        request.scope[SCOPE_PROTECTED] = True
         if credentials is None:
             raise Unauthenticated(_INVALID, code="invalid_token")
         auth: AuthRuntime = request.app.state.auth
@@ -71,13 +72,8 @@ class Require:
             raise Unauthenticated("This token is not valid for this endpoint.", code="wrong_audience")
         if await auth.revoked.is_revoked(claims.session_id):
             raise Unauthenticated("The session has ended; sign in again.", code="session_revoked")
-        if claims.scope is TokenScope.mfa_enrollment and not self.allow_enrolment_scope:
-            raise Forbidden(
-                "Enrol a second factor first (POST /api/v1/auth/mfa/enroll).", code="mfa_enrollment_required"
-            )
         permissions = auth.permissions.for_roles(claims.roles)
-        if self.permission not in permissions:
-            raise Forbidden("Your role does not allow this action.", code="permission_denied")
+        # Known from here on, so that a refusal below is audited with who was refused.
         actor = Actor(
             user_id=claims.user_id,
             organization_id=claims.organization_id,
@@ -91,6 +87,12 @@ class Require:
             request_id=request.scope.get(SCOPE_REQUEST_ID),
         )
         request.scope[SCOPE_ACTOR] = actor
+        if claims.scope is TokenScope.mfa_enrollment and not self.allow_enrolment_scope:
+            raise Forbidden(
+                "Enrol a second factor first (POST /api/v1/auth/mfa/enroll).", code="mfa_enrollment_required"
+            )
+        if self.permission not in permissions:
+            raise Forbidden("Your role does not allow this action.", code="permission_denied")
         return actor
 
 

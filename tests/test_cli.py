@@ -109,7 +109,14 @@ def test_permissions_list_prints_every_role_with_the_grants_in_the_database(cli_
     listed = _sehat(cli_env, "permissions", "list")
     assert listed.returncode == 0, listed.stderr
     grants = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()}
-    assert grants["org_admin"] == ["facility.manage", "facility.read", "self.session", "user.manage", "user.read"]
+    assert grants["org_admin"] == [
+        "audit.read",
+        "facility.manage",
+        "facility.read",
+        "self.session",
+        "user.manage",
+        "user.read",
+    ]
     assert grants["platform_admin"] == ["organization.manage", "self.session"]
     assert grants["patient"] == ["self.session"]
     assert set(grants) == {role.value for role in Role}

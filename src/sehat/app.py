@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from sehat import __version__
+from sehat.access import api as access_api
 from sehat.core.audit import AuditLog
 from sehat.core.audit_chain import AuditChain
 from sehat.core.crypto import load_key_ring
@@ -198,5 +199,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(identity_api.router)
     app.include_router(tenancy_api.router)
+    app.include_router(access_api.router)
     app.include_router(web_pages.router)
     return app

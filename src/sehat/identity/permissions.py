@@ -24,10 +24,11 @@ FACILITY_READ = "facility.read"
 FACILITY_MANAGE = "facility.manage"
 USER_READ = "user.read"
 USER_MANAGE = "user.manage"
+AUDIT_READ = "audit.read"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
 ALL_PERMISSIONS: frozenset[str] = frozenset(
-    {SELF_SERVICE, ORGANIZATION_MANAGE, FACILITY_READ, FACILITY_MANAGE, USER_READ, USER_MANAGE}
+    {SELF_SERVICE, ORGANIZATION_MANAGE, FACILITY_READ, FACILITY_MANAGE, USER_READ, USER_MANAGE, AUDIT_READ}
 )
 
 # Tokens carry only known roles, so there are at most 2^8 role sets; the bound guards against misuse.

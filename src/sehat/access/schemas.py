@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, Field, StringConstraints, ValidationInfo, field_validator
+
+from sehat.core.audit import Outcome
+from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from sehat.core.schemas import InputModel, OutputModel
+
+# Action names are dotted lower-case identifiers (auth.sign_in, audit.read). Holding the filter to that shape
+# keeps free text, which might be a name or a phone number, out of the audit entry that records the filter.
+ActionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")]
+
+
+class AuditEventQuery(InputModel):
+    """The query string of ``GET /audit-events``: unknown parameters are refused, so a misspelt filter never
+    silently widens the answer. Times are RFC 3339 with an offset; the window is ``from <= t < to``."""
+
+    patient_id: uuid.UUID | None = None
+    actor_id: uuid.UUID | None = None
+    action: ActionName | None = None
+    outcome: Outcome | None = None
+    occurred_from: AwareDatetime | None = Field(default=None, alias="from")
+    occurred_to: AwareDatetime | None = Field(default=None, alias="to")
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+    @field_validator("occurred_from", "occurred_to")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # 0001-01-01T00:00+05:00 exists as written but not in UTC: refuse it here rather than fail later.
+            raise ValueError("time is outside the supported range") from None
+
+    @field_validator("occurred_to")
+    @classmethod
+    def _after_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("occurred_from")
+        if value is not None and start is not None and value <= start:
+            raise ValueError("must be later than 'from'")
+        return value
+
+    def filters_used(self) -> dict[str, Any]:
+        """The filters as given (JSON values, by their query names), without paging: ids and codes only."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"limit", "cursor"})
+
+
+class AuditEventRead(OutputModel):
+    """One audit entry as auditors see it. The MAC stays in the database: it proves integrity to
+    ``sehat audit verify`` and is of no use to a reader."""
+
+    id: int
+    occurred_at: datetime
+    actor_type: str
+    actor_id: uuid.UUID | None
+    actor_roles: list[str]
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    patient_id: uuid.UUID | None
+    outcome: str
+    client_address: str | None
+    request_id: str | None
+    details: dict[str, Any]

@@ -110,6 +110,7 @@ def test_permissions_list_prints_every_role_with_the_grants_in_the_database(cli_
     assert listed.returncode == 0, listed.stderr
     grants = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()}
     assert grants["org_admin"] == [
+        "alert.read",
         "audit.read",
         "facility.manage",
         "facility.read",
@@ -118,6 +119,7 @@ def test_permissions_list_prints_every_role_with_the_grants_in_the_database(cli_
         "user.read",
     ]
     assert grants["platform_admin"] == ["organization.manage", "self.session"]
+    assert grants["doctor"] == ["break_glass.use", "facility.read", "self.session"]
     assert grants["patient"] == ["self.session"]
     assert set(grants) == {role.value for role in Role}
 

@@ -1,5 +1,6 @@
 """Every domain's models, imported in one place so migrations and tests see the whole schema."""
 
+from sehat.access import models as access_models
 from sehat.core import audit as audit_models
 from sehat.core.db import Base
 from sehat.identity import models as identity_models
@@ -7,4 +8,4 @@ from sehat.tenancy import models as tenancy_models
 
 metadata = Base.metadata
 
-__all__ = ["audit_models", "identity_models", "metadata", "tenancy_models"]
+__all__ = ["access_models", "audit_models", "identity_models", "metadata", "tenancy_models"]

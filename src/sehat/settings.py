@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="Entries younger than this wait for the next sealing round"
     )
 
+    break_glass_minutes: int = Field(default=60, ge=1, le=24 * 60, description="How long emergency access lasts")
+
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
     refresh_idle_timeout_seconds: int = Field(default=1800, ge=60)
     session_absolute_timeout_seconds: int = Field(default=43_200, ge=300)

@@ -23,12 +23,20 @@ from tests.conftest import build_tenant
 # What a freshly migrated database grants: the specification, written out rather than read from the code.
 DEFAULT_GRANTS: dict[str, set[str]] = {
     "platform_admin": {"self.session", "organization.manage"},
-    "org_admin": {"self.session", "facility.read", "facility.manage", "user.read", "user.manage", "audit.read"},
+    "org_admin": {
+        "self.session",
+        "facility.read",
+        "facility.manage",
+        "user.read",
+        "user.manage",
+        "audit.read",
+        "alert.read",
+    },
     "front_office": {"self.session", "facility.read"},
-    "doctor": {"self.session", "facility.read"},
+    "doctor": {"self.session", "facility.read", "break_glass.use"},
     "nurse": {"self.session", "facility.read"},
     "billing": {"self.session", "facility.read"},
-    "auditor": {"self.session", "facility.read", "user.read", "audit.read"},
+    "auditor": {"self.session", "facility.read", "user.read", "audit.read", "alert.read"},
     "patient": {"self.session"},
 }
 

@@ -2,22 +2,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sehat.access import service
-from sehat.access.schemas import AuditEventQuery, AuditEventRead
+from sehat.access import break_glass, service
+from sehat.access.schemas import AlertRead, AuditEventQuery, AuditEventRead, BreakGlassCreate, BreakGlassRead
 from sehat.core.actor import Actor
 from sehat.core.audit import AuditLog
 from sehat.core.http import api_router, get_session
-from sehat.core.pagination import Page
+from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
-from sehat.identity.permissions import AUDIT_READ
+from sehat.identity.permissions import ALERT_READ, AUDIT_READ, BREAK_GLASS_USE
 
 router = api_router(prefix="/api/v1")
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 Auditor = Annotated[Actor, Depends(require(AUDIT_READ))]
+EmergencyUser = Annotated[Actor, Depends(require(BREAK_GLASS_USE))]
+AlertReader = Annotated[Actor, Depends(require(ALERT_READ))]
 
 
 async def get_audit_log(request: Request) -> AuditLog:
@@ -36,3 +38,42 @@ async def list_audit_events(
     `next_cursor` for older entries. This read is itself recorded as an `audit.read` entry."""
     rows, next_cursor = await service.list_audit_events(session, audit_log, actor, query)
     return Page[AuditEventRead](items=[AuditEventRead.model_validate(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.post("/break-glass", response_model=BreakGlassRead, status_code=status.HTTP_201_CREATED, tags=["access"])
+async def open_break_glass(
+    request: Request,
+    body: BreakGlassCreate,
+    actor: EmergencyUser,
+    session: Session,
+    audit_log: Annotated[AuditLog, Depends(get_audit_log)],
+) -> BreakGlassRead:
+    """Emergency access to one patient outside your facilities, with a reason. It expires by itself
+    (`SEHAT_BREAK_GLASS_MINUTES`), is audited as emergency access and raises an alert."""
+    grant = await break_glass.open_break_glass(
+        session,
+        audit_log,
+        request.app.state.auth.key_ring,
+        actor,
+        body,
+        minutes=request.app.state.settings.break_glass_minutes,
+    )
+    return BreakGlassRead.model_validate(grant)
+
+
+@router.get("/break-glass", response_model=list[BreakGlassRead], tags=["access"])
+async def my_active_break_glass(actor: EmergencyUser, session: Session) -> list[BreakGlassRead]:
+    """Your emergency grants that have not expired yet."""
+    return [BreakGlassRead.model_validate(grant) for grant in await break_glass.active_grants(session, actor)]
+
+
+@router.get("/alerts", response_model=Page[AlertRead], tags=["access"])
+async def list_alerts(
+    actor: AlertReader,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[AlertRead]:
+    """Your organization's access alerts (every break-glass, and the anomaly rules), oldest first."""
+    rows, next_cursor = await break_glass.list_alerts(session, actor, limit=limit, cursor=cursor)
+    return Page[AlertRead](items=[AlertRead.model_validate(row) for row in rows], next_cursor=next_cursor)

@@ -69,3 +69,29 @@ class AuditEventRead(OutputModel):
     client_address: str | None
     request_id: str | None
     details: dict[str, Any]
+
+
+class BreakGlassCreate(InputModel):
+    """Emergency access to one patient. The reason is required and kept sealed; it is shown to no one but
+    the auditors who review the grant (issue 4 gives them a way to read it)."""
+
+    patient_id: uuid.UUID
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=500)]
+
+
+class BreakGlassRead(OutputModel):
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    granted_at: datetime
+    expires_at: datetime
+
+
+class AlertRead(OutputModel):
+    id: uuid.UUID
+    kind: str
+    severity: str
+    actor_id: uuid.UUID | None
+    patient_id: uuid.UUID | None
+    audit_event_id: int | None
+    details: dict[str, Any]
+    created_at: datetime

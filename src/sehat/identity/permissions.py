@@ -25,10 +25,22 @@ FACILITY_MANAGE = "facility.manage"
 USER_READ = "user.read"
 USER_MANAGE = "user.manage"
 AUDIT_READ = "audit.read"
+BREAK_GLASS_USE = "break_glass.use"
+ALERT_READ = "alert.read"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
 ALL_PERMISSIONS: frozenset[str] = frozenset(
-    {SELF_SERVICE, ORGANIZATION_MANAGE, FACILITY_READ, FACILITY_MANAGE, USER_READ, USER_MANAGE, AUDIT_READ}
+    {
+        SELF_SERVICE,
+        ORGANIZATION_MANAGE,
+        FACILITY_READ,
+        FACILITY_MANAGE,
+        USER_READ,
+        USER_MANAGE,
+        AUDIT_READ,
+        BREAK_GLASS_USE,
+        ALERT_READ,
+    }
 )
 
 # Tokens carry only known roles, so there are at most 2^8 role sets; the bound guards against misuse.

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from sehat import __version__
 from sehat.access import api as access_api
+from sehat.access.anomaly import evaluate_new_entries
 from sehat.core.audit import AuditLog
 from sehat.core.audit_chain import AuditChain
 from sehat.core.crypto import load_key_ring
@@ -66,6 +67,17 @@ async def _keep_sealing(app: FastAPI, interval: float) -> None:
             log.warning("audit_sealing_failed", exc_type=type(exc).__name__)
 
 
+async def _keep_evaluating_anomalies(app: FastAPI, interval: float) -> None:
+    """Run the anomaly rules over newly sealed audit entries; one evaluator at a time across servers. It runs
+    at the sealer's pace: it can only see what the sealer has sealed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await evaluate_new_entries(app.state.database, app.state.settings)
+        except Exception as exc:
+            log.warning("anomaly_evaluation_failed", exc_type=type(exc).__name__)
+
+
 async def _keep_shared_state_fresh(app: FastAPI, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -107,6 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = redis
     refresher: asyncio.Task[None] | None = None
     sealer: asyncio.Task[None] | None = None
+    anomalies: asyncio.Task[None] | None = None
     try:
         if not await is_up_to_date(database.engine):
             raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
@@ -128,6 +141,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("revocation_store_unavailable_at_start")
         refresher = asyncio.create_task(_keep_shared_state_fresh(app, settings.signing_key_refresh_seconds))
         sealer = asyncio.create_task(_keep_sealing(app, settings.audit_seal_interval_seconds))
+        anomalies = asyncio.create_task(_keep_evaluating_anomalies(app, settings.audit_seal_interval_seconds))
         # Long-lived start-up objects (modules, routes, schemas) need no more collecting; fewer, cheaper young
         # collections keep latency tails short under load.
         gc.collect()
@@ -136,7 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("started", version=__version__, backend=database.engine.dialect.name, redis=redis is not None)
         yield
     finally:
-        for task in (refresher, sealer):
+        for task in (refresher, sealer, anomalies):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     )
 
     break_glass_minutes: int = Field(default=60, ge=1, le=24 * 60, description="How long emergency access lasts")
+    anomaly_bulk_patients: int = Field(
+        default=50, ge=1, description="One person opening more distinct patients than this within the window is alerted"
+    )
+    anomaly_bulk_window_minutes: int = Field(
+        default=10, ge=1, le=24 * 60, description="The sliding window of the bulk patient access rule"
+    )
 
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
     refresh_idle_timeout_seconds: int = Field(default=1800, ge=60)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.conftest import build_tenant
 
-FACILITY_KEYS = {"id", "organization_id", "name", "code", "timezone", "active", "created_at"}
+FACILITY_KEYS = {"id", "organization_id", "name", "code", "timezone", "active", "opening_hours", "created_at"}
 
 
 async def _facilities(api: Any, headers: dict[str, str]) -> list[dict[str, Any]]:

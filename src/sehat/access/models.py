@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.clock import utcnow
@@ -41,3 +41,17 @@ class Alert(IdMixin, Base):
     audit_event_id: Mapped[int | None] = mapped_column(BigInteger)
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AnomalyCursor(Base):
+    """How far the anomaly rules have read the sealed audit chain (access/anomaly.py). One row, id 1, created
+    by the first evaluation; written only by the one evaluator holding the lock."""
+
+    __tablename__ = "anomaly_cursor"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # The chain index of the last entry evaluated: chain order, unlike entry ids, never leaves a gap behind
+    # that a late-committing transaction fills afterwards.
+    last_chain_index: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.db import Base, IdMixin, TimestampMixin
@@ -29,6 +30,10 @@ class Facility(IdMixin, TimestampMixin, Base):
     code: Mapped[str] = mapped_column(String(32))
     timezone: Mapped[str] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(default=True)
+    # Weekly hours on the facility's own wall clock: [{"weekday": 0-6, "opens": "HH:MM", "closes": "HH:MM"}],
+    # validated by tenancy.schemas.OpeningHours. NULL means unknown, which is not the same as [] (never open):
+    # the after-hours rule leaves a facility with unknown hours alone.
+    opening_hours: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class Department(IdMixin, TimestampMixin, Base):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +28,7 @@ from sehat.tenancy.schemas import (
     FacilityUpdate,
     OrganizationCreate,
     OrganizationUpdate,
+    clock_minutes,
 )
 
 
@@ -119,9 +123,35 @@ async def update_facility(
     session: AsyncSession, actor: Actor, facility_id: uuid.UUID, request: FacilityUpdate
 ) -> Facility:
     facility = await get_facility(session, actor, facility_id)
-    _apply(facility, request.model_dump(exclude_unset=True, exclude_none=True))
+    changes = request.model_dump(exclude_unset=True, exclude_none=True)
+    if "opening_hours" in request.model_fields_set:
+        # Unlike the other fields, an explicit null means something here: the hours are no longer known.
+        changes["opening_hours"] = request.model_dump(include={"opening_hours"})["opening_hours"]
+    _apply(facility, changes)
     await session.flush()
     return facility
+
+
+# --- opening hours -----------------------------------------------------------------------------------------
+
+
+def is_open(opening_hours: Sequence[Mapping[str, Any]], timezone: str, instant_utc: datetime) -> bool:
+    """Whether a facility with these weekly hours (the stored form of ``OpeningHours``) is open at an instant.
+
+    The instant is read on the facility's own wall clock, which is how the hours are written: across a
+    daylight-saving change "08:00" stays 08:00 local, one hour earlier or later in UTC. In the hour skipped in
+    spring no instant falls, and the hour repeated in autumn is open (or closed) both times it happens."""
+    if instant_utc.tzinfo is None:
+        raise ValueError("instant_utc must carry a timezone")
+    local = instant_utc.astimezone(ZoneInfo(timezone))
+    # Whole minutes suffice: hours are given to the minute, and 19:59:59 is still before a 20:00 closing.
+    minute = local.hour * 60 + local.minute
+    weekday = local.weekday()
+    return any(
+        interval["weekday"] == weekday
+        and clock_minutes(interval["opens"]) <= minute < clock_minutes(interval["closes"])
+        for interval in opening_hours
+    )
 
 
 # --- departments -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import httpx
@@ -235,10 +236,14 @@ class Api:
             if cursor is None:
                 return seen
 
-    async def add_patient_account(self, organization_id: uuid.UUID, email: str) -> None:
-        """A patient sign-in account. Patient accounts get their own service with the registry (issue 4)."""
+    async def add_patient_account(
+        self, organization_id: uuid.UUID, email: str, *, patient_id: uuid.UUID | EllipsisType | None = ...
+    ) -> uuid.UUID | None:
+        """A patient sign-in account, linked to ``patient_id`` (a fresh one unless given; None leaves the account
+        unlinked), which it returns. Patient accounts get their own service with the registry (issue 4)."""
         from sehat.identity.models import User
 
+        linked = uuid.uuid4() if patient_id is ... else patient_id
         async with self.unit_of_work() as session:
             session.add(
                 User(
@@ -247,8 +252,10 @@ class Api:
                     full_name="Patient",
                     roles=["patient"],
                     password_hash=self.auth.passwords.hash(PASSWORD),
+                    patient_id=linked,
                 )
             )
+        return linked
 
     async def headers_for(self, email: str, password: str = PASSWORD) -> dict[str, str]:
         return {"Authorization": f"Bearer {(await self.full_session(email, password))['access_token']}"}

@@ -120,7 +120,7 @@ def test_permissions_list_prints_every_role_with_the_grants_in_the_database(cli_
     ]
     assert grants["platform_admin"] == ["organization.manage", "self.session"]
     assert grants["doctor"] == ["break_glass.use", "facility.read", "self.session"]
-    assert grants["patient"] == ["self.session"]
+    assert grants["patient"] == ["audit.read_own", "self.session"]
     assert set(grants) == {role.value for role in Role}
 
 

@@ -37,7 +37,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
     "nurse": {"self.session", "facility.read"},
     "billing": {"self.session", "facility.read"},
     "auditor": {"self.session", "facility.read", "user.read", "audit.read", "alert.read"},
-    "patient": {"self.session"},
+    "patient": {"self.session", "audit.read_own"},
 }
 
 

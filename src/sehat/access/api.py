@@ -6,13 +6,21 @@ from fastapi import Depends, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.access import break_glass, service
-from sehat.access.schemas import AlertRead, AuditEventQuery, AuditEventRead, BreakGlassCreate, BreakGlassRead
-from sehat.core.actor import Actor
+from sehat.access.schemas import (
+    AccessLogEntryRead,
+    AccessLogQuery,
+    AlertRead,
+    AuditEventQuery,
+    AuditEventRead,
+    BreakGlassCreate,
+    BreakGlassRead,
+)
+from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
 from sehat.core.http import api_router, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
-from sehat.identity.permissions import ALERT_READ, AUDIT_READ, BREAK_GLASS_USE
+from sehat.identity.permissions import ALERT_READ, AUDIT_READ, AUDIT_READ_OWN, BREAK_GLASS_USE
 
 router = api_router(prefix="/api/v1")
 
@@ -20,6 +28,8 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 Auditor = Annotated[Actor, Depends(require(AUDIT_READ))]
 EmergencyUser = Annotated[Actor, Depends(require(BREAK_GLASS_USE))]
 AlertReader = Annotated[Actor, Depends(require(ALERT_READ))]
+# Patient tokens only: staff read the log through /audit-events, with the permissions that route asks for.
+PatientSelf = Annotated[Actor, Depends(require(AUDIT_READ_OWN, audiences=(Audience.patient,)))]
 
 
 async def get_audit_log(request: Request) -> AuditLog:
@@ -77,3 +87,18 @@ async def list_alerts(
     """Your organization's access alerts (every break-glass, and the anomaly rules), oldest first."""
     rows, next_cursor = await break_glass.list_alerts(session, actor, limit=limit, cursor=cursor)
     return Page[AlertRead](items=[AlertRead.model_validate(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/me/access-log", response_model=Page[AccessLogEntryRead], tags=["audit"])
+async def my_access_log(
+    query: Annotated[AccessLogQuery, Query()],
+    actor: PatientSelf,
+    session: Session,
+    audit_log: Annotated[AuditLog, Depends(get_audit_log)],
+) -> Page[AccessLogEntryRead]:
+    """Who accessed your record, newest first: when, what (including attempts that were refused), and the
+    name and role of the staff member, or "sehat (automatic)". Narrow it with `from` (inclusive) and `to`
+    (exclusive), RFC 3339 with an offset; follow `next_cursor` for older entries. Empty until your account
+    is linked to your patient record."""
+    items, next_cursor = await service.list_own_access_log(session, audit_log, actor, query)
+    return Page[AccessLogEntryRead](items=items, next_cursor=next_cursor)

@@ -15,14 +15,10 @@ from sehat.core.schemas import InputModel, OutputModel
 ActionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")]
 
 
-class AuditEventQuery(InputModel):
-    """The query string of ``GET /audit-events``: unknown parameters are refused, so a misspelt filter never
+class TimeWindowQuery(InputModel):
+    """A page of audit entries in a time window: unknown parameters are refused, so a misspelt filter never
     silently widens the answer. Times are RFC 3339 with an offset; the window is ``from <= t < to``."""
 
-    patient_id: uuid.UUID | None = None
-    actor_id: uuid.UUID | None = None
-    action: ActionName | None = None
-    outcome: Outcome | None = None
     occurred_from: AwareDatetime | None = Field(default=None, alias="from")
     occurred_to: AwareDatetime | None = Field(default=None, alias="to")
     limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
@@ -50,6 +46,35 @@ class AuditEventQuery(InputModel):
     def filters_used(self) -> dict[str, Any]:
         """The filters as given (JSON values, by their query names), without paging: ids and codes only."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"limit", "cursor"})
+
+
+class AuditEventQuery(TimeWindowQuery):
+    """The query string of ``GET /audit-events``."""
+
+    patient_id: uuid.UUID | None = None
+    actor_id: uuid.UUID | None = None
+    action: ActionName | None = None
+    outcome: Outcome | None = None
+
+
+class AccessLogQuery(TimeWindowQuery):
+    """The query string of ``GET /me/access-log``: the time window and paging only. The patient is the
+    caller's own, never a parameter, so no value in the query can point the read at someone else."""
+
+
+class AccessLogEntryRead(OutputModel):
+    """One access to a patient's record as the patient sees it: when, what, by whom, and whether it was
+    allowed. Addresses, request ids, entry ids and details stay with the auditors."""
+
+    occurred_at: datetime
+    action: str
+    # A patient-friendly wording of the action, such as "viewed your record"; refusals say so.
+    description: str
+    # The staff member's full name, "sehat (automatic)" for the system's own jobs, "you" for the caller.
+    actor_name: str
+    # The roles held at the time of the access, which may differ from the person's roles today.
+    actor_roles: list[str]
+    outcome: Outcome
 
 
 class AuditEventRead(OutputModel):

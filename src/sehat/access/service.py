@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import Select
+from sqlalchemy import Select, String, cast, not_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from sehat.access import policy
-from sehat.access.schemas import AuditEventQuery
-from sehat.core.actor import Actor
+from sehat.access.break_glass import BREAK_GLASS_ACTION
+from sehat.access.schemas import AccessLogEntryRead, AccessLogQuery, AuditEventQuery
+from sehat.core.actor import Actor, Audience, Role
 from sehat.core.audit import AuditEntry, AuditEvent, AuditLog, Outcome
-from sehat.core.errors import InvalidInput
+from sehat.core.db import SQLITE_BEGIN_OPTION
+from sehat.core.errors import Forbidden, InvalidInput
 from sehat.core.scoping import scoped_select
+from sehat.identity.models import User
+from sehat.identity.permissions import AUDIT_READ_OWN
 
 AUDIT_READ_ACTION = "audit.read"
 # Entry ids are BIGINT on PostgreSQL: a cursor naming a larger one would fail in the driver, not here.
@@ -94,3 +99,145 @@ async def list_audit_events(
     if len(rows) <= query.limit:
         return rows, None
     return rows[: query.limit], encode_cursor(rows[query.limit - 1].id)
+
+
+# --- A patient's own access log: who looked at my record --------------------------------------------------
+
+AUDIT_READ_OWN_ACTION = "audit.read_own"
+SYSTEM_ACTOR_NAME = "sehat (automatic)"
+SELF_ACTOR_NAME = "you"
+# A person acting outside any organization (a platform administrator) has no row among the organization's users.
+UNNAMED_STAFF_NAME = "a staff member"
+UNSIGNED_ACTOR_NAME = "someone not signed in"
+
+# What was done, and what was attempted, in words a patient reads; by action. The domains that read and
+# write patient data (issue 4 on) add their actions here; any other action gets the general wording.
+_ACCESS_WORDING: dict[str, tuple[str, str]] = {
+    "patient.read": ("viewed your record", "tried to view your record"),
+    "patient.update": ("changed your record", "tried to change your record"),
+    "patient.export": ("exported your record", "tried to export your record"),
+    "patient.erase": ("erased your record", "tried to erase your record"),
+    "record.read_clinical": ("viewed your clinical notes", "tried to view your clinical notes"),
+    "record.write": ("wrote in your clinical notes", "tried to write in your clinical notes"),
+    BREAK_GLASS_ACTION: ("emergency access to your record", "tried emergency access to your record"),
+}
+_GENERAL_WORDING = ("accessed your record", "tried to access your record")
+_OUTCOME_SUFFIX = {Outcome.denied: " (refused)", Outcome.failure: " (failed)"}
+
+
+def describe_access(action: str, outcome: Outcome) -> str:
+    """The patient-friendly label of one entry. Refused attempts are listed too, labelled as refused: that
+    a nurse tried to open the record and was stopped is exactly what a patient looking here wants to know."""
+    done, attempted = _ACCESS_WORDING.get(action, _GENERAL_WORDING)
+    if outcome is Outcome.success:
+        return done
+    return attempted + _OUTCOME_SUFFIX[outcome]
+
+
+def _ensure_can_read_own_access_log(actor: Actor) -> None:
+    # The route admits patient tokens only; checked again because a service may be called from elsewhere.
+    if actor.audience is not Audience.patient or not actor.has(AUDIT_READ_OWN):
+        raise Forbidden("Only a patient may read their own access log.", code="permission_denied")
+
+
+async def _begin_with_the_write_lock(session: AsyncSession) -> None:
+    """On SQLite, start this read's transaction IMMEDIATE, as write requests do.
+
+    The audit entry of the read names the patient, so the caller's link is read before the entry is written.
+    A GET's transaction on SQLite starts DEFERRED, and a deferred transaction that has read fails at once on
+    its first write if another writer committed in between; holding the write lock from BEGIN avoids that.
+    PostgreSQL needs nothing."""
+    if session.get_bind().dialect.name == "sqlite" and not session.in_transaction():
+        await session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def _access_log_item(row: Any, caller_id: uuid.UUID) -> AccessLogEntryRead:
+    roles: list[str] = sorted(row.actor_roles)
+    if row.actor_type == "system":
+        # A system actor's "role" is the job's internal name, of no meaning to a patient.
+        name, roles = SYSTEM_ACTOR_NAME, []
+    elif row.actor_id == caller_id:
+        name = SELF_ACTOR_NAME
+    elif row.actor_type == "user":
+        name = row.full_name or UNNAMED_STAFF_NAME
+    else:
+        name, roles = UNSIGNED_ACTOR_NAME, []
+    outcome = Outcome(row.outcome)
+    return AccessLogEntryRead(
+        occurred_at=row.occurred_at,
+        action=row.action,
+        description=describe_access(row.action, outcome),
+        actor_name=name,
+        actor_roles=roles,
+        outcome=outcome,
+    )
+
+
+async def list_own_access_log(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, query: AccessLogQuery
+) -> tuple[list[AccessLogEntryRead], str | None]:
+    """One page of the audit entries about the caller's own patient record, newest first (keyset over the
+    entry id, the same cursor as the audit-events list), each with the name of the staff member who acted.
+
+    A patient account not linked to a record yet sees an empty list. The read is itself audited as
+    ``audit.read_own`` with the patient's id, and those entries are left out of the list."""
+    _ensure_can_read_own_access_log(actor)
+    before_id = decode_cursor(query.cursor) if query.cursor else None
+    await _begin_with_the_write_lock(session)
+    patient_id = await session.scalar(
+        scoped_select(User, actor).with_only_columns(User.patient_id).where(User.id == actor.user_id)
+    )
+    audit_log.record(
+        session,
+        actor,
+        AuditEntry(
+            action=AUDIT_READ_OWN_ACTION,
+            outcome=Outcome.success,
+            resource_type="access_log",
+            patient_id=patient_id,
+            details={"filters": query.filters_used(), "limit": query.limit, "continued": before_id is not None},
+        ),
+    )
+    await session.flush()
+    if patient_id is None:
+        return [], None
+
+    # Names come from the organization's own users only: an actor id never resolves across the tenant wall.
+    people = scoped_select(User, actor).with_only_columns(User.id, User.full_name).subquery()
+    statement = (
+        scoped_select(AuditEvent, actor)
+        .with_only_columns(
+            AuditEvent.id,
+            AuditEvent.occurred_at,
+            AuditEvent.actor_type,
+            AuditEvent.actor_id,
+            AuditEvent.actor_roles,
+            AuditEvent.action,
+            AuditEvent.outcome,
+            people.c.full_name,
+        )
+        .outerjoin(people, people.c.id == AuditEvent.actor_id)
+        .where(
+            AuditEvent.patient_id == patient_id,
+            # Only the patient reads their own log, so these are all theirs: reading it is not an access.
+            AuditEvent.action != AUDIT_READ_OWN_ACTION,
+            # Another patient's attempt on this record would show that patient's name (and that they are a
+            # patient here) to this one. Roles are a JSON list; its text holds "patient" quoted exactly when a
+            # patient acted, on both backends, which keeps the test portable without a JSON operator.
+            or_(
+                AuditEvent.actor_id == actor.user_id,
+                not_(cast(AuditEvent.actor_roles, String).like(f'%"{Role.patient.value}"%')),
+            ),
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(query.limit + 1)
+    )
+    if query.occurred_from is not None:
+        statement = statement.where(AuditEvent.occurred_at >= query.occurred_from)
+    if query.occurred_to is not None:
+        statement = statement.where(AuditEvent.occurred_at < query.occurred_to)
+    if before_id is not None:
+        statement = statement.where(AuditEvent.id < before_id)
+    rows = list((await session.execute(statement)).all())
+    next_cursor = encode_cursor(rows[query.limit - 1].id) if len(rows) > query.limit else None
+    return [_access_log_item(row, actor.user_id) for row in rows[: query.limit]], next_cursor

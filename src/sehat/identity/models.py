@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.clock import utcnow
@@ -14,6 +14,18 @@ class User(IdMixin, TimestampMixin, Base):
     """A person who signs in: staff of one organization, a patient, or a platform administrator."""
 
     __tablename__ = "users"
+    __table_args__ = (
+        # One sign-in account per patient record within an organization. Partial, because staff accounts
+        # (most rows) hold no patient, and each backend would otherwise index their nulls for nothing.
+        Index(
+            "ix_users_organization_id_patient_id",
+            "organization_id",
+            "patient_id",
+            unique=True,
+            postgresql_where=text("patient_id IS NOT NULL"),
+            sqlite_where=text("patient_id IS NOT NULL"),
+        ),
+    )
 
     # Null only for platform administrators, who belong to no tenant.
     organization_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id"), index=True)
@@ -29,6 +41,9 @@ class User(IdMixin, TimestampMixin, Base):
     mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(default=True)
     last_login_at: Mapped[datetime | None]
+    # The patient record a patient account signs in for; null for staff and for a patient account not linked
+    # yet. A foreign key to the registry arrives with it (issue 4), which also fills this in.
+    patient_id: Mapped[uuid.UUID | None]
 
 
 class UserFacility(Base):

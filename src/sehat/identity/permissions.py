@@ -25,6 +25,8 @@ FACILITY_MANAGE = "facility.manage"
 USER_READ = "user.read"
 USER_MANAGE = "user.manage"
 AUDIT_READ = "audit.read"
+# A patient reading who accessed their own record (GET /api/v1/me/access-log).
+AUDIT_READ_OWN = "audit.read_own"
 BREAK_GLASS_USE = "break_glass.use"
 ALERT_READ = "alert.read"
 
@@ -38,6 +40,7 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         USER_READ,
         USER_MANAGE,
         AUDIT_READ,
+        AUDIT_READ_OWN,
         BREAK_GLASS_USE,
         ALERT_READ,
     }

@@ -23,13 +23,14 @@ import pyotp
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sehat.app import create_app
 from sehat.core.actor import SystemActor
 from sehat.core.crypto import KeyRing
-from sehat.core.db import create_engine
-from sehat.core.migrate import upgrade
+from sehat.core.db import Database, create_engine
+from sehat.core.migrate import grant_app_role, upgrade
 from sehat.identity import service as identity_service
 from sehat.identity.schemas import OrgAdminCreate, UserCreate
 from sehat.models import metadata
@@ -42,6 +43,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # drop each other's data.
 POSTGRES_SERVER = os.environ.get("SEHAT_TEST_POSTGRES_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 POSTGRES_URL = f"{POSTGRES_SERVER}/sehat_test_{os.getpid()}"
+# The app under test connects as a role that is neither superuser nor owner, as in production, so row-level
+# security really applies. The harness itself (migrations, arranging, emptying tables) uses POSTGRES_URL.
+APP_ROLE = "sehat_app"
+APP_POSTGRES_URL = make_url(POSTGRES_URL).set(username=APP_ROLE, password=None).render_as_string(hide_password=False)
 REDIS_URL = os.environ.get("SEHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MASTER_KEY = KeyRing.generate_entry("test1")
 PASSWORD = "correct horse battery staple"
@@ -82,6 +87,16 @@ async def _prepare_postgres() -> str | None:
     engine = create_engine(Settings(database_url=POSTGRES_URL))
     try:
         await upgrade(engine)
+        async with engine.connect() as connection:
+            # Roles are shared by the whole server; a parallel test process may create it at the same moment.
+            await connection.execute(
+                text(
+                    "DO $$ BEGIN CREATE ROLE " + APP_ROLE + " LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; "
+                    "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                )
+            )
+            await connection.commit()
+        await grant_app_role(engine, APP_ROLE)
     finally:
         await engine.dispose()
     return None
@@ -133,7 +148,7 @@ async def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: P
     reason = request.getfixturevalue("postgres_ready")
     if reason:
         _unavailable(reason)
-    yield POSTGRES_URL
+    yield APP_POSTGRES_URL
     await _empty_postgres_tables()
 
 
@@ -186,6 +201,8 @@ class Api:
 
     client: httpx.AsyncClient
     app: Any
+    # PostgreSQL only: the schema owner's connection, outside row-level security (see ``unit_of_work``).
+    owner_database: Any = None
     mfa_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -261,8 +278,12 @@ class Api:
         return {"Authorization": f"Bearer {(await self.full_session(email, password))['access_token']}"}
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[Any]:
-        async with self.database.unit_of_work() as session:
+    async def unit_of_work(self, actor: Any = None) -> AsyncIterator[Any]:
+        """With an actor: the app's own connection, in that actor's tenant scope, as a request would be.
+        Without: the harness arranging or inspecting data from outside the tenant walls (on PostgreSQL the
+        schema owner, a superuser, to whom row-level security does not apply)."""
+        database = self.database if actor is not None or self.owner_database is None else self.owner_database
+        async with database.unit_of_work(actor=actor) as session:
             yield session
 
 
@@ -278,11 +299,19 @@ def start_api(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
 
     @asynccontextmanager
     async def start(client_address: str = "203.0.113.10", **overrides: Any) -> AsyncIterator[Api]:
-        app = create_app(make_settings(**overrides))
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app, client=(client_address, 50000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://sehat.test") as client:
-                yield Api(client=client, app=app)
+        settings = make_settings(**overrides)
+        app = create_app(settings)
+        owner = None
+        if settings.database_url == APP_POSTGRES_URL:
+            owner = Database(create_engine(Settings(_env_file=None, database_url=POSTGRES_URL)))  # type: ignore[call-arg]
+        try:
+            async with LifespanManager(app) as manager:
+                transport = httpx.ASGITransport(app=manager.app, client=(client_address, 50000))
+                async with httpx.AsyncClient(transport=transport, base_url="http://sehat.test") as client:
+                    yield Api(client=client, app=app, owner_database=owner)
+        finally:
+            if owner is not None:
+                await owner.dispose()
 
     return start
 
@@ -304,7 +333,7 @@ class Tenant:
 async def build_tenant(api: Api, slug: str, roles: tuple[str, ...] = ("front_office", "doctor")) -> Tenant:
     """An organization with two facilities, an org admin, and one user per listed role (first facility)."""
     system = SystemActor(name="test")
-    async with api.unit_of_work() as session:
+    async with api.unit_of_work(system) as session:
         organization = await tenancy_service.create_organization(
             session, system, OrganizationCreate(name=f"Org {slug}", slug=slug)
         )
@@ -317,7 +346,7 @@ async def build_tenant(api: Api, slug: str, roles: tuple[str, ...] = ("front_off
         )
     admin_actor = await _actor_for(api, admin.id)
     facility_ids = []
-    async with api.unit_of_work() as session:
+    async with api.unit_of_work(admin_actor) as session:
         for code, timezone in (("NORTH", "Asia/Karachi"), ("SOUTH", "Europe/London")):
             facility = await tenancy_service.create_facility(
                 session, admin_actor, FacilityCreate(name=f"{slug} {code}", code=code, timezone=timezone)

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sehat import __version__
 from sehat.access import api as access_api
 from sehat.access.anomaly import evaluate_new_entries
+from sehat.core.actor import SystemActor
 from sehat.core.audit import AuditLog
 from sehat.core.audit_chain import AuditChain
 from sehat.core.crypto import load_key_ring
@@ -23,7 +24,7 @@ from sehat.core.db import Database, create_engine
 from sehat.core.errors import ServiceUnavailable
 from sehat.core.http import RequestContextMiddleware, install_problem_handlers, problem_response
 from sehat.core.logging import configure_logging
-from sehat.core.migrate import is_up_to_date
+from sehat.core.migrate import check_app_role, is_up_to_date
 from sehat.identity import api as identity_api
 from sehat.identity import service as identity_service
 from sehat.identity.passwords import Passwords
@@ -51,7 +52,7 @@ async def _sync_shared_state(app: FastAPI) -> None:
     three, so a change made through any server reaches every server within one refresh interval.
 
     Re-seeding heals a revocation store that lost its contents (a Redis restarted without persistence)."""
-    async with app.state.database.unit_of_work(write=False) as session:
+    async with app.state.database.unit_of_work(write=False, actor=SystemActor(name="shared-state")) as session:
         await app.state.auth.signing_keys.load(session)
         await app.state.auth.permissions.load(session)
         await identity_service.seed_revocations(session, app.state.auth)
@@ -123,6 +124,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         if not await is_up_to_date(database.engine):
             raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
+        escapes = await check_app_role(database.engine)
+        if escapes:
+            message = "the database role " + " and ".join(escapes) + ", so row-level security does not apply to it"
+            if settings.is_production:
+                raise SchemaNotReady(message + "; connect as the application role (see docs/operations.md)")
+            log.warning("database_role_bypasses_row_level_security", reasons=escapes)
         app.state.auth = build_auth(settings, redis)
         await app.state.auth.revoked.start()
         app.state.audit = app.state.auth.audit

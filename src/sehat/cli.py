@@ -32,11 +32,13 @@ def _settings() -> Settings:
 
 async def _migrate(settings: Settings) -> str | None:
     from sehat.core.db import create_engine
-    from sehat.core.migrate import current_revision, upgrade
+    from sehat.core.migrate import current_revision, grant_app_role, upgrade
 
     engine = create_engine(settings)
     try:
         await upgrade(engine)
+        if settings.database_app_role:
+            await grant_app_role(engine, settings.database_app_role)
         return await current_revision(engine)
     finally:
         await engine.dispose()
@@ -122,7 +124,7 @@ async def _seed_demo(settings: Settings) -> list:  # type: ignore[type-arg]
 
     database = Database(create_engine(settings))
     try:
-        async with database.unit_of_work() as session:
+        async with database.unit_of_work(actor=SystemActor(name="demo")) as session:
             return await seed_demo(session, build_auth(settings, None), SystemActor(name="demo"))
     finally:
         await database.dispose()
@@ -152,7 +154,7 @@ async def _create_platform_admin(settings: Settings, email: str, name: str, pass
 
     database = Database(create_engine(settings))
     try:
-        async with database.unit_of_work() as session:
+        async with database.unit_of_work(actor=SystemActor(name="cli")) as session:
             await create(session, build_auth(settings, None), SystemActor(name="cli"), email, name, password)
     except Problem as problem:
         typer.secho(f"refused: {problem.detail}", fg=typer.colors.RED, err=True)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Role, SystemActor
 from sehat.core.crypto import associated_data
+from sehat.core.tenant_scope import enter_organization, enter_platform_scope
 from sehat.identity.models import User, UserFacility
 from sehat.identity.runtime import AuthRuntime
 from sehat.tenancy.models import Department, Facility, Organization
@@ -50,6 +51,8 @@ async def seed_demo(session: AsyncSession, auth: AuthRuntime, actor: SystemActor
         organization = Organization(name="Sehat Demo Network", slug="demo")
         session.add(organization)
         await session.flush()
+        # Facilities and departments are the organization's own: row-level security admits them only there.
+        await enter_organization(session, organization.id)
         facilities = []
         for name, code, timezone in _FACILITIES:
             facility = Facility(organization_id=organization.id, name=name, code=code, timezone=timezone)
@@ -62,6 +65,8 @@ async def seed_demo(session: AsyncSession, auth: AuthRuntime, actor: SystemActor
                 for name, code in _DEPARTMENTS
             )
         password_hash = await auth.passwords.hash_async(DEMO_PASSWORD)
+        # Accounts include the platform administrator, who belongs to no organization.
+        await enter_platform_scope(session)
         for role, full_name in _PEOPLE:
             staff = role is not Role.patient
             user = User(

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     database_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    database_app_role: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL: `sehat migrate` (run as the schema owner) grants this role what the app needs",
+    )
     redis_key_prefix: str = Field(default="sehat:", pattern=r"^[A-Za-z0-9:_-]{1,32}$")
     redis_url: str | None = Field(default=None, description="redis://host:port/db; shared state for several servers")
 

@@ -21,7 +21,7 @@ ENTRIES = 10
 async def superuser(api: Any) -> AsyncIterator[Any]:
     """A connection that bypasses the append-only triggers and foreign keys, as an attacker with full
     database rights would."""
-    async with api.database.engine.connect() as connection:
+    async with (api.owner_database or api.database).engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(text("SET session_replication_role = replica"))
         else:

@@ -12,9 +12,11 @@ from fastapi import Depends
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sehat.core.actor import SystemActor
 from sehat.core.db import after_commit
 from sehat.core.errors import Conflict
 from sehat.core.http import api_router, get_session
+from sehat.core.tenant_scope import enter_platform_scope
 from sehat.tenancy.models import Organization
 
 Session = Annotated[AsyncSession, Depends(get_session)]
@@ -24,6 +26,8 @@ def _mount(api: Any, fired: list[str]) -> None:
     router = api_router(prefix="/uow")
 
     async def _write(session: AsyncSession, slug: str) -> None:
+        # Organizations are the platform's to create; row-level security admits them in that scope only.
+        await enter_platform_scope(session)
         session.add(Organization(id=uuid.uuid4(), name=slug, slug=slug))
         await session.flush()
 
@@ -104,11 +108,11 @@ async def test_unit_of_work_outside_requests_commits_on_success_and_rolls_back_o
     async def note() -> None:
         fired.append("cli")
 
-    async with api.database.unit_of_work() as session:
+    async with api.database.unit_of_work(actor=SystemActor(name="cli")) as session:
         session.add(Organization(id=uuid.uuid4(), name="cli", slug="cli-org"))
         after_commit(session, note)
     with pytest.raises(RuntimeError):
-        async with api.database.unit_of_work() as session:
+        async with api.database.unit_of_work(actor=SystemActor(name="cli")) as session:
             session.add(Organization(id=uuid.uuid4(), name="cli", slug="cli-org-failed"))
             after_commit(session, note)
             raise RuntimeError("fail inside")

@@ -18,7 +18,7 @@ from sehat.core.actor import Role
 from sehat.identity.models import RolePermission, User
 from sehat.identity.permissions import PermissionTable, read_grants
 from sehat.identity.repository import load_profile
-from tests.conftest import build_tenant
+from tests.conftest import _actor_for, build_tenant
 
 # What a freshly migrated database grants: the specification, written out rather than read from the code.
 DEFAULT_GRANTS: dict[str, set[str]] = {
@@ -185,8 +185,9 @@ async def test_authenticating_a_request_issues_no_sql_beyond_what_the_handler_re
     async with api.unit_of_work() as session:
         nurse_id = await session.scalar(select(User.id).where(User.email == tenant.emails["nurse"]))
 
+    nurse = await _actor_for(api, nurse_id)
     with _recorded_statements(api) as profile_read_alone:
-        async with api.database.unit_of_work(write=False) as session:
+        async with api.database.unit_of_work(write=False, actor=nurse) as session:
             assert await load_profile(session, nurse_id) is not None
     with _recorded_statements(api) as whole_request:
         assert (await api.client.get("/api/v1/me", headers=headers)).status_code == 200

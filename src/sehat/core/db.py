@@ -21,7 +21,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from sehat.core.actor import Actor, SystemActor
 from sehat.core.clock import utcnow
+from sehat.core.tenant_scope import bind_actor
 from sehat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -127,11 +129,18 @@ class Database:
         return (self._write_sessions if write else self._read_sessions)()
 
     @asynccontextmanager
-    async def unit_of_work(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
-        """For code outside a request (CLI, worker, tests): commit at the end, roll back on error."""
+    async def unit_of_work(
+        self, *, write: bool = True, actor: Actor | SystemActor | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """For code outside a request (CLI, worker, tests): commit at the end, roll back on error.
+
+        With an actor, the transaction works in the actor's tenant scope (``core.tenant_scope``); without one it
+        sees no tenant rows on PostgreSQL until the code enters a scope itself."""
         session = self.session(write=write)
         keep = False
         try:
+            if actor is not None:
+                await bind_actor(session, actor)
             yield session
             keep = True
         finally:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sehat.core.actor import SystemActor
 from sehat.core.audit import AuditEntry, Outcome
 from sehat.core.db import finish
 from sehat.core.errors import (
@@ -35,6 +36,7 @@ from sehat.core.errors import (
     ServiceUnavailable,
     problem_for_status,
 )
+from sehat.core.tenant_scope import bind_actor
 
 log = structlog.get_logger("sehat.http")
 access_log = structlog.get_logger("sehat.access")
@@ -71,6 +73,10 @@ async def get_session(request: Request) -> AsyncSession:
     if session is None:
         session = request.app.state.database.session(write=scope.get(SCOPE_WRITES, True))
         scope[SCOPE_SESSION] = session
+        actor = scope.get(SCOPE_ACTOR)
+        if actor is not None:
+            # Free before the transaction begins: the scope is set by the statement that begins it.
+            await bind_actor(session, actor)
     return session
 
 
@@ -119,7 +125,10 @@ async def _audit_denial(request: Request, route: str, problem: Problem) -> None:
         },
     )
     try:
-        async with request.app.state.database.unit_of_work() as session:
+        # Someone refused before we knew who they are is recorded by the platform: the entry belongs to no
+        # organization, and only the platform scope may read it back (as INSERT ... RETURNING does).
+        writer = actor or SystemActor(name="denial-audit")
+        async with request.app.state.database.unit_of_work(actor=writer) as session:
             request.app.state.audit.record(
                 session,
                 actor,

@@ -67,14 +67,18 @@ def current_scope(session: AsyncSession) -> tuple[str, str] | None:
     return value
 
 
+def has_begun(session: AsyncSession) -> bool:
+    """Whether the session's database transaction is under way (it holds a connection)."""
+    return _APPLIED_KEY in session.info
+
+
 async def _apply(session: AsyncSession, values: tuple[str, str]) -> None:
     session.info[_INFO_KEY] = values
     if session.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
         return
-    # Starting the transaction runs the after_begin hook, which sets the scope as the transaction begins;
-    # a transaction already under way is told here. Either way it costs one statement, never two.
-    await session.connection()
-    if session.info.get(_APPLIED_KEY) != values:
+    # Before the transaction has begun this costs nothing: the after_begin hook below sets the scope as it
+    # begins. Only a transaction already under way, with another scope, is told here.
+    if _APPLIED_KEY in session.info and session.info[_APPLIED_KEY] != values:
         await session.execute(_SET_SCOPE, {"organization": values[0], "scope": values[1]})
         session.info[_APPLIED_KEY] = values
 
@@ -86,3 +90,10 @@ def _set_scope_on_begin(session: Session, _transaction: SessionTransaction, conn
     if values is None or connection.dialect.name != "postgresql":
         return
     connection.execute(_SET_SCOPE, {"organization": values[0], "scope": values[1]})
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_applied_scope(session: Session, transaction: SessionTransaction) -> None:
+    # The setting ended with the database transaction; the next one is told again by after_begin.
+    if transaction.parent is None:
+        session.info.pop(_APPLIED_KEY, None)

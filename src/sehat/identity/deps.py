@@ -14,7 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sehat.core.actor import Actor, Audience, TokenScope
 from sehat.core.errors import Forbidden, Unauthenticated
-from sehat.core.http import SCOPE_ACTOR, SCOPE_PROTECTED, SCOPE_REQUEST_ID
+from sehat.core.http import SCOPE_ACTOR, SCOPE_PROTECTED, SCOPE_REQUEST_ID, SCOPE_SESSION
+from sehat.core.tenant_scope import bind_actor
 from sehat.identity.permissions import SELF_SERVICE
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.tokens import AccessClaims, InvalidToken, UnknownSigningKey
@@ -93,6 +94,10 @@ class Require:
             )
         if self.permission not in permissions:
             raise Forbidden("Your role does not allow this action.", code="permission_denied")
+        session = request.scope.get(SCOPE_SESSION)
+        if session is not None:
+            # The request's session was opened before this check; later it is bound as it opens.
+            await bind_actor(session, actor)
         return actor
 
 

@@ -1,9 +1,10 @@
 """Hot-path reads for identity, one database round trip each.
 
-On PostgreSQL they run as a single statement on the request's own asyncpg connection: no BEGIN or COMMIT
-is sent (SQLAlchemy's asyncpg adapter opens a transaction only for statements that pass through it), so
-the read costs one round trip and none of SQLAlchemy's per-statement CPU. SQLite takes the portable ORM
-path. Both return the same thing and are tested against each other.
+On PostgreSQL they run as a single statement on a pooled asyncpg connection, outside any transaction, so
+the read costs one round trip and none of SQLAlchemy's per-statement CPU. Row-level security still
+applies: the statement calls a function (``sehat_profile``, migration 0006) that sets the request's tenant
+scope for that statement alone and then reads. SQLite takes the portable ORM path. Both return the same
+thing and are tested against each other.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.db import driver_connection
+from sehat.core.tenant_scope import current_scope, has_begun
 from sehat.identity.models import User, UserFacility
 
 
@@ -31,14 +33,7 @@ class Profile:
     active: bool
 
 
-_PROFILE_SQL = """
-SELECT u.id, u.email, u.full_name, u.organization_id, u.roles, u.mfa_enabled, u.active,
-       coalesce(array_agg(f.facility_id ORDER BY f.facility_id) FILTER (WHERE f.facility_id IS NOT NULL),
-                '{}') AS facility_ids
-FROM users u LEFT JOIN user_facilities f ON f.user_id = u.id
-WHERE u.id = $1
-GROUP BY u.id
-"""
+_PROFILE_SQL = "SELECT * FROM sehat_profile($1, $2, $3)"
 
 
 async def load_profile(session: AsyncSession, user_id: uuid.UUID) -> Profile | None:
@@ -48,8 +43,16 @@ async def load_profile(session: AsyncSession, user_id: uuid.UUID) -> Profile | N
 
 
 async def load_profile_postgresql(session: AsyncSession, user_id: uuid.UUID) -> Profile | None:
-    driver = await session.run_sync(driver_connection)
-    row = await driver.fetchrow(_PROFILE_SQL, user_id)  # type: ignore[union-attr]
+    organization, scope = current_scope(session) or ("", "")
+    if has_begun(session):
+        driver = await session.run_sync(driver_connection)
+        row = await driver.fetchrow(_PROFILE_SQL, user_id, organization, scope)
+    else:
+        # Not the session's own connection: taking it would begin a transaction, and with it the scope
+        # statement, neither of which this read needs. The scope comes from the session all the same.
+        async with session.bind.connect() as connection:  # type: ignore[union-attr]
+            raw = await connection.get_raw_connection()
+            row = await raw.driver_connection.fetchrow(_PROFILE_SQL, user_id, organization, scope)  # type: ignore[union-attr]
     if row is None:
         return None
     roles = row["roles"]

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import structlog
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience, Role, SystemActor, TokenScope
@@ -20,6 +21,7 @@ from sehat.core.crypto import associated_data
 from sehat.core.errors import Conflict, InvalidInput, NotFound, Problem, Unauthenticated
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
+from sehat.core.tenant_scope import enter_platform_scope
 from sehat.identity import mfa, policy, repository
 from sehat.identity.models import AuthSession, RefreshToken, User, UserFacility
 from sehat.identity.runtime import AuthRuntime
@@ -72,6 +74,8 @@ async def sign_in(session: AsyncSession, auth: AuthRuntime, form: SignInForm, cl
     though the request fails). The typed e-mail is recorded only as a keyed pseudonym."""
     email = normalize_email(form.username)
     attempt = _SignInAttempt(account=auth.audit.pseudonym(email))
+    # Whose account this is, and so which organization, is what sign-in finds out.
+    await enter_platform_scope(session)
     try:
         return await _sign_in(session, auth, form, email, client_address, attempt)
     except Problem as refusal:
@@ -192,6 +196,8 @@ async def _issue_pair(session: AsyncSession, auth: AuthRuntime, user: User, auth
 async def refresh(session: AsyncSession, auth: AuthRuntime, refresh_token: str) -> TokenPair:
     """Spend a refresh token for a new pair. A spent token presented again revokes the whole session."""
     now = utcnow()
+    # The token is all the caller shows; its session tells the organization.
+    await enter_platform_scope(session)
     row = await session.execute(
         select(RefreshToken, AuthSession)
         .join(AuthSession, AuthSession.id == RefreshToken.session_id)
@@ -419,9 +425,18 @@ async def _validated_facilities(session: AsyncSession, actor: Actor, facility_id
     return wanted
 
 
-async def _ensure_email_free(session: AsyncSession, email: str) -> None:
-    if await session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise Conflict("An account with this e-mail address already exists.", code="email_taken")
+async def _add_user(session: AsyncSession, user: User) -> None:
+    """Insert an account whose e-mail must be unique across all organizations. Row-level security hides other
+    organizations' accounts from the check, so the unique constraint decides, inside a savepoint so that
+    the refusal leaves the rest of the transaction usable."""
+    try:
+        async with session.begin_nested():
+            session.add(user)
+            await session.flush()
+    except IntegrityError as exc:
+        if "email" in str(exc.orig).lower():
+            raise Conflict("An account with this e-mail address already exists.", code="email_taken") from None
+        raise
 
 
 def _check_password(auth: AuthRuntime, password: str) -> None:
@@ -437,7 +452,6 @@ def _check_password(auth: AuthRuntime, password: str) -> None:
 async def create_user(session: AsyncSession, auth: AuthRuntime, actor: Actor, request: UserCreate) -> UserRead:
     policy.ensure_can_manage_users(actor)
     _check_password(auth, request.password)
-    await _ensure_email_free(session, request.email)
     facility_ids = await _validated_facilities(session, actor, request.facility_ids)
     user = User(
         id=uuid.uuid4(),
@@ -447,8 +461,7 @@ async def create_user(session: AsyncSession, auth: AuthRuntime, actor: Actor, re
         roles=sorted(set(request.roles)),
         password_hash=await auth.passwords.hash_async(request.password),
     )
-    session.add(user)
-    await session.flush()
+    await _add_user(session, user)
     session.add_all(
         UserFacility(user_id=user.id, facility_id=facility_id, organization_id=user.organization_id)
         for facility_id in facility_ids
@@ -468,7 +481,6 @@ async def create_org_admin(
     if await session.get(Organization, organization_id) is None:
         raise NotFound("Organization not found.", code="organization_not_found")
     _check_password(auth, request.password)
-    await _ensure_email_free(session, request.email)
     user = User(
         id=uuid.uuid4(),
         organization_id=organization_id,
@@ -477,8 +489,7 @@ async def create_org_admin(
         roles=[Role.org_admin.value],
         password_hash=await auth.passwords.hash_async(request.password),
     )
-    session.add(user)
-    await session.flush()
+    await _add_user(session, user)
     return _to_read(user, [])
 
 
@@ -488,7 +499,6 @@ async def create_platform_admin(
     """Only the command line creates platform administrators: no route can mint one."""
     _check_password(auth, password)
     email = normalize_email(email)
-    await _ensure_email_free(session, email)
     user = User(
         id=uuid.uuid4(),
         organization_id=None,
@@ -497,8 +507,7 @@ async def create_platform_admin(
         roles=[Role.platform_admin.value],
         password_hash=await auth.passwords.hash_async(password),
     )
-    session.add(user)
-    await session.flush()
+    await _add_user(session, user)
     log.info("platform_admin_created", user_id=str(user.id), by=actor.name)
     return _to_read(user, [])
 

@@ -116,14 +116,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 class Database:
-    """Holds the engine and the two session factories: reads, and writes (IMMEDIATE on SQLite)."""
+    """Holds the engine and the session factories."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        write_engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) if self.is_sqlite else engine
-        self._read_sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
-        self._write_sessions = async_sessionmaker(write_engine, expire_on_commit=False, autoflush=True)
+        # On SQLite every unit of work takes the write lock as it begins, reads included: a read of patient
+        # data writes its audit entry, and a transaction that starts as a reader cannot safely become a
+        # writer under WAL (if another writer committed meanwhile, the upgrade fails at once, whatever the
+        # busy timeout). Embedded mode serves one clinic; serialized transactions are its price.
+        session_engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) if self.is_sqlite else engine
+        self._read_sessions = async_sessionmaker(session_engine, expire_on_commit=False, autoflush=True)
+        self._write_sessions = self._read_sessions
 
     def session(self, *, write: bool = True) -> AsyncSession:
         return (self._write_sessions if write else self._read_sessions)()

@@ -55,6 +55,8 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_organization_id_occurred_at", "organization_id", "occurred_at"),
+        # GET /audit-events pages newest-first by id within one organization.
+        Index("ix_audit_events_organization_id_id", "organization_id", "id"),
         Index("ix_audit_events_patient_id_occurred_at", "patient_id", "occurred_at"),
     )
 

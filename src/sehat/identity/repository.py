@@ -2,7 +2,7 @@
 
 On PostgreSQL they run as a single statement on a pooled asyncpg connection, outside any transaction, so
 the read costs one round trip and none of SQLAlchemy's per-statement CPU. Row-level security still
-applies: the statement calls a function (``sehat_profile``, migration 0006) that sets the request's tenant
+applies: the statement calls a function (``sehat_profile``, migration 0008) that sets the request's tenant
 scope for that statement alone and then reads. SQLite takes the portable ORM path. Both return the same
 thing and are tested against each other.
 """

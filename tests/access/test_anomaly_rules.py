@@ -14,10 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from sehat.access.anomaly import (
-    _EVALUATOR_LOCK_ID,
     AFTER_HOURS_ACCESS,
     BULK_PATIENT_ACCESS,
     PATIENT_READ,
@@ -356,20 +355,3 @@ async def test_the_background_task_raises_alerts_without_being_called(
                 break
             await asyncio.sleep(0.1)
         assert [alert["kind"] for alert in alerts] == [AFTER_HOURS_ACCESS]
-
-
-async def test_one_evaluator_at_a_time_across_servers(rules: Any, backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite has one writer at a time by construction; the lock is PostgreSQL's")
-    tenant = await build_tenant(rules, "alpha", roles=ROLES)
-    await _set_hours(rules, tenant, tenant.facility_ids[0], [])
-    doctor = await _staff(rules, tenant, "doctor")
-    await _record(rules, doctor, [(WEDNESDAY_MORNING, uuid.uuid4())], facility_id=tenant.facility_ids[0])
-    await rules.app.state.audit_chain.seal(rules.database)
-
-    async with rules.database.engine.connect() as other_server:
-        await other_server.execute(text("SELECT pg_advisory_lock(:lock)"), {"lock": _EVALUATOR_LOCK_ID})
-        assert await evaluate_new_entries(rules.database, rules.app.state.settings) == Evaluation(0, 0)
-        await other_server.execute(text("SELECT pg_advisory_unlock(:lock)"), {"lock": _EVALUATOR_LOCK_ID})
-        await other_server.commit()
-    assert (await evaluate_new_entries(rules.database, rules.app.state.settings)).alerts == 1

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sehat.core.actor import SystemActor
 from sehat.core.audit import (
     CHAIN_PURPOSE,
     CHECKPOINT_PURPOSE,
@@ -79,7 +78,7 @@ class AuditChain:
         """Seal every settled, unsealed entry in id order; one sealer at a time across all servers."""
         sealed = 0
         while True:
-            async with database.unit_of_work(actor=SystemActor(name="audit-sealer")) as session:
+            async with database.unit_of_work() as session:
                 if not await self._take_sealer_lock(session):
                     return sealed
                 batch = await self._seal_batch(session)
@@ -195,7 +194,7 @@ class AuditChain:
         report.checkpoint_index = checkpoint[0] if checkpoint else None
         chain_keys: dict[str, bytes] = {}
         mac_keys: dict[str, bytes] = {}
-        async with database.unit_of_work(write=False, actor=SystemActor(name="audit-verify")) as session:
+        async with database.unit_of_work(write=False) as session:
             expected_index, previous, resync = 1, GENESIS, False
             rows = await session.stream(
                 select(AuditSeal, AuditEvent)

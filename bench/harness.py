@@ -30,6 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The servers connect as this role, as in production: neither superuser nor owner, so row-level security
+# applies. Migrations run as postgres, which owns the schema and grants this role its rights.
+APP_ROLE = "sehat_app"
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _WRK_RESULT_MARKER = "BENCH_RESULT_JSON "
 
@@ -86,6 +89,26 @@ async def recreate_database(name: str) -> None:
         await connection.close()
 
 
+async def ensure_app_role() -> None:
+    """Create the application role once per PostgreSQL server (roles are server-wide)."""
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        await connection.execute(
+            f"DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        )
+    finally:
+        await connection.close()
+
+
+def owner_url(database: str) -> str:
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
+
+
+def app_url(database: str) -> str:
+    return f"postgresql+asyncpg://{APP_ROLE}@127.0.0.1:5432/{database}"
+
+
 async def postgres_database_counters(name: str) -> dict[str, int]:
     """Cumulative sessions (connections opened) and transactions of one database, from pg_stat_database.
 
@@ -133,7 +156,18 @@ def run_sehat_command(arguments: Sequence[str], environment: Mapping[str, str], 
 class ServerProcess:
     """``sehat serve`` in its own process group; stopped (SIGTERM, then SIGKILL) on exit, bounded in time."""
 
-    def __init__(self, environment: Mapping[str, str], *, port: int, workers: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        environment: Mapping[str, str],
+        *,
+        port: int,
+        workers: int,
+        log_path: Path,
+        factory: str | None = None,
+    ) -> None:
+        """``factory`` (``module:function`` in bench/) serves a benchmark build of the app instead of
+        ``sehat serve``'s, with uvicorn's options the same."""
+        self.factory = factory
         self.port = port
         self.workers = workers
         self.base_url = f"http://127.0.0.1:{port}"
@@ -151,17 +185,17 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("wb") as log_file:
+            address = ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+            command = (
+                [str(VENV_BIN / "sehat"), "serve", *address]
+                if self.factory is None
+                else [
+                    str(VENV_BIN / "python"), "-m", "uvicorn", "--factory", self.factory,
+                    "--app-dir", str(REPO_ROOT / "bench"), "--no-access-log", "--log-level", "warning", *address,
+                ]
+            )  # fmt: skip
             self._process = subprocess.Popen(
-                [
-                    str(VENV_BIN / "sehat"),
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(self.workers),
-                ],
+                command,
                 env=self._environment,
                 # An empty directory: no stray .env or key file is picked up, none is left behind.
                 cwd=self._working_directory.name,

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, Select, String, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -136,6 +136,7 @@ def chain_step(key: bytes, previous: bytes, mac: bytes) -> bytes:
 
 
 GENESIS = b"\x00" * 32
+SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
 class AuditLog:
@@ -165,6 +166,41 @@ class AuditLog:
         """Add an entry to the session's transaction: it commits (or rolls back) with the work it audits.
 
         ``user_id`` and ``roles`` name the person when there is no token yet (a sign-in)."""
+        event = self.build(
+            actor,
+            entry,
+            organization_id=organization_id,
+            client_address=client_address,
+            request_id=request_id,
+            user_id=user_id,
+            roles=roles,
+        )
+        session.add(event)
+        return event
+
+    def attach(self, session: AsyncSession, actor: Actor, entry: AuditEntry, statement: SelectT) -> SelectT:
+        """The read ``statement`` carrying its own audit entry: on PostgreSQL the INSERT travels inside it as a
+        data-modifying CTE, so a hot read and its entry cost one round trip and commit together. SQLite has
+        no such CTE; there the entry is added to the session as ``record`` does."""
+        if session.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
+            self.record(session, actor, entry)
+            return statement
+        event = self.build(actor, entry)
+        values = {column.key: getattr(event, column.key) for column in _INSERTED_COLUMNS}
+        return statement.add_cte(insert(AuditEvent).values(values).cte("audit_entry"))  # type: ignore[return-value]
+
+    def build(
+        self,
+        actor: Actor | SystemActor | None,
+        entry: AuditEntry,
+        *,
+        organization_id: uuid.UUID | None = None,
+        client_address: str | None = None,
+        request_id: str | None = None,
+        user_id: uuid.UUID | None = None,
+        roles: Sequence[str] = (),
+    ) -> AuditEvent:
+        """The entry as it will be stored, MAC included, not yet added to any session."""
         if isinstance(actor, Actor):
             actor_type, actor_id, roles = "user", actor.user_id, sorted(role.value for role in actor.roles)
             organization_id = organization_id or actor.organization_id
@@ -194,5 +230,8 @@ class AuditLog:
             mac_kid=self.mac_kid,
         )
         event.mac = entry_mac(self._mac_key, canonical_content(event))
-        session.add(event)
         return event
+
+
+# Everything but the id, which the database assigns.
+_INSERTED_COLUMNS = [column for column in AuditEvent.__table__.columns if column.key != "id"]

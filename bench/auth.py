@@ -22,7 +22,9 @@ What is measured
 
 How
   A dedicated PostgreSQL database (``sehat_bench``) is dropped, re-created and migrated with
-  ``sehat migrate``; Redis gets a unique key prefix, removed at the end. One organization and two staff
+  ``sehat migrate`` as the owner, which grants the application role ``sehat_app``; the server connects as
+  that role, so row-level security applies to every request as in production. For comparison, ``/me`` is
+  loaded once more from a server connected as the owner (a superuser, which row-level security skips); Redis gets a unique key prefix, removed at the end. One organization and two staff
   accounts are created through the real services. The benchmark signs the first one in, enrols TOTP
   (``/auth/mfa/enroll`` then ``/auth/mfa/confirm`` with pyotp) and loads ``/me`` with the resulting full
   access token; the second one is used for the sign-in timings. The server is
@@ -59,10 +61,13 @@ import pyotp
 import redis
 
 from harness import (
+    APP_ROLE,
     RESULTS_DIR,
     BenchmarkError,
     LoadResult,
     ServerProcess,
+    app_url,
+    ensure_app_role,
     ensure_wrk,
     free_loopback_port,
     log_step,
@@ -482,12 +487,17 @@ def run(options: Options) -> dict[str, Any]:
         else:
             load_generator_note = f"{wrk_version(wrk)} ({how})"
 
-    log_step(f"re-creating database {options.database} and migrating it")
+    log_step(f"re-creating database {options.database}, migrating it as the owner, granting the app role")
+    asyncio.run(ensure_app_role())
     asyncio.run(recreate_database(options.database))
-    migrate_output = run_sehat_command(["migrate"], environment)
+    migrate_output = run_sehat_command(["migrate"], {**environment, "SEHAT_DATABASE_APP_ROLE": APP_ROLE})
     log_step(migrate_output)
     log_step("creating an organization and two staff accounts through the services")
     asyncio.run(create_accounts(settings))
+    # The servers connect as the application role, as in production: row-level security applies to them.
+    owner_environment = dict(environment)
+    environment = {**environment, "SEHAT_DATABASE_URL": app_url(options.database)}
+    app_settings = Settings(_env_file=None, database_url=app_url(options.database))  # type: ignore[call-arg]
 
     log_step(f"timing {options.login_samples} bare Argon2id verifications in-process")
     bare_verify = time_bare_password_verify(settings, options.login_samples)
@@ -514,8 +524,15 @@ def run(options: Options) -> dict[str, Any]:
             check_me_answers(server.base_url, token, "after the load")
 
             log_step(f"counting round trips of {options.round_trip_samples} in-process /me requests")
-            in_process = asyncio.run(inspect_me_in_process(settings, token, options.round_trip_samples))
+            in_process = asyncio.run(inspect_me_in_process(app_settings, token, options.round_trip_samples))
             log_step("stopping the server")
+        # The same /me with row-level security out of the way: a server connected as the owner (a superuser).
+        log_step(f"for comparison: {ME} from a server connected as the owner, for {options.duration_seconds:g} s")
+        with ServerProcess(
+            owner_environment, port=port, workers=options.workers, log_path=RESULTS_DIR / "auth-owner-server.log"
+        ) as owner_server:
+            run_load(options, wrk, owner_server, ME, bearer(token), options.warmup_seconds)
+            me_as_owner = measure_endpoint(options, wrk, owner_server, ME, bearer(token))
     finally:
         remove_redis_keys(redis_prefix)
 
@@ -554,6 +571,10 @@ def run(options: Options) -> dict[str, Any]:
         },
         "healthz": healthz.to_json(),
         "me": me.to_json(),
+        "me_as_owner_without_row_level_security": me_as_owner.to_json(),
+        "me_row_level_security_to_owner_ratio": round(
+            me.requests_per_second / me_as_owner.requests_per_second if me_as_owner.requests_per_second else 0.0, 3
+        ),
         "me_to_healthz_ratio": round(ratio, 3),
         "other_processes_cores_busy_max": other_load,
         "contaminated": other_load > CONTAMINATION_CORES,
@@ -633,6 +654,9 @@ def render_report(results: dict[str, Any]) -> str:
         f"  errors = non-2xx/3xx {healthz['non_2xx_3xx']} / {me['non_2xx_3xx']}, "
         f"socket errors {healthz['socket_errors']} / {me['socket_errors']} (healthz / me)",
         f"  ratio me/healthz (req/s): {results['me_to_healthz_ratio']:.2f}",
+        f"  GET {ME} from a server connected as the owner (row-level security bypassed): "
+        f"{results['me_as_owner_without_row_level_security']['requests_per_second']:.0f} req/s; "
+        f"as the application role ÷ as the owner: {results['me_row_level_security_to_owner_ratio']:.2f}",
         "",
         "CPU cores busy under load (of " + str(machine["cpu_cores"]) + "):",
     ]

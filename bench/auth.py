@@ -24,7 +24,8 @@ How
   A dedicated PostgreSQL database (``sehat_bench``) is dropped, re-created and migrated with
   ``sehat migrate`` as the owner, which grants the application role ``sehat_app``; the server connects as
   that role, so row-level security applies to every request as in production. For comparison, ``/me`` is
-  loaded once more from a server connected as the owner (a superuser, which row-level security skips); Redis gets a unique key prefix, removed at the end. One organization and two staff
+  loaded once more from a server connected as the owner (a superuser, which row-level security skips).
+  Redis gets a unique key prefix, removed at the end. One organization and two staff
   accounts are created through the real services. The benchmark signs the first one in, enrols TOTP
   (``/auth/mfa/enroll`` then ``/auth/mfa/confirm`` with pyotp) and loads ``/me`` with the resulting full
   access token; the second one is used for the sign-in timings. The server is

@@ -1,5 +1,6 @@
-"""A hot read carries its own audit entry (``AuditLog.attach``): the row comes back, exactly one valid entry is
-written in the same transaction, and if the transaction rolls back the entry goes with it."""
+"""A hot read carries its own audit entry (``AuditLog.fetch_with_entry``): the row comes back, exactly one valid
+entry is written in the same statement and transaction, and if the transaction rolls back the entry goes with
+it. PostgreSQL only: SQLite has no data-modifying CTEs, and its reads add the entry with ``record``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import pytest
 from sqlalchemy import select
 
 from sehat.core.audit import AuditEntry, AuditEvent, Outcome
-from sehat.core.scoping import scoped_select
-from sehat.tenancy.models import Facility
 from tests.conftest import Tenant, _actor_for, build_tenant
 
 PATIENT = uuid.UUID("5b0d7a52-9e0c-4a51-a8a0-0f4f3b8e6c11")
+READ = "SELECT id, name FROM facilities WHERE id = $1"
+
+
+@pytest.fixture(params=["postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def _doctor(api: Any, tenant: Tenant) -> Any:
@@ -47,9 +52,8 @@ async def test_the_read_returns_its_row_and_writes_one_entry_that_verifies(start
         doctor = await _doctor(api, tenant)
         facility_id = tenant.facility_ids[0]
         async with api.database.unit_of_work(actor=doctor) as session:
-            statement = scoped_select(Facility, doctor).where(Facility.id == facility_id)
-            facility = await session.scalar(api.app.state.audit.attach(session, doctor, _entry(facility_id), statement))
-            assert facility is not None and facility.id == facility_id
+            rows = await api.app.state.audit.fetch_with_entry(session, doctor, _entry(facility_id), READ, facility_id)
+            assert [row["id"] for row in rows] == [facility_id]
         (entry,) = await _entries(api)
         assert (entry.organization_id, entry.actor_id, entry.patient_id) == (
             tenant.organization_id,
@@ -69,7 +73,20 @@ async def test_the_entry_is_rolled_back_with_the_read(api: Any) -> None:
     facility_id = tenant.facility_ids[0]
     with pytest.raises(RuntimeError):
         async with api.database.unit_of_work(actor=doctor) as session:
-            statement = scoped_select(Facility, doctor).where(Facility.id == facility_id)
-            assert await session.scalar(api.app.state.audit.attach(session, doctor, _entry(facility_id), statement))
+            assert await api.app.state.audit.fetch_with_entry(session, doctor, _entry(facility_id), READ, facility_id)
             raise RuntimeError("the request failed after reading")
     assert await _entries(api) == []
+
+
+async def test_the_read_may_bring_its_own_with_clause_and_row_level_security_still_applies(api: Any) -> None:
+    alpha = await build_tenant(api, "alpha")
+    beta = await build_tenant(api, "beta")
+    doctor = await _doctor(api, alpha)
+    query = "WITH wanted AS (SELECT unnest($1::uuid[]) AS id) SELECT f.id FROM facilities f JOIN wanted USING (id)"
+    async with api.database.unit_of_work(actor=doctor) as session:
+        rows = await api.app.state.audit.fetch_with_entry(
+            session, doctor, _entry(alpha.facility_ids[0]), query, [alpha.facility_ids[0], beta.facility_ids[0]]
+        )
+    # The other organization's facility is filtered out by the database even though the query asked for it.
+    assert [row["id"] for row in rows] == [alpha.facility_ids[0]]
+    assert len(await _entries(api)) == 1

@@ -131,7 +131,7 @@ async def _evaluate_batch(session: AsyncSession, settings: Settings, batch_size:
         )
     accesses = [access for access in accesses if access.organization_id in organizations]
     window = timedelta(minutes=settings.anomaly_bulk_window_minutes)
-    history = await _bulk_history(session, accesses, upto, window)
+    history = await _bulk_history(session, accesses, upto, window, settings.anomaly_bulk_patients)
 
     raised = 0
     for organization_id in sorted(organizations):
@@ -287,7 +287,7 @@ class _Seen:
 
 
 async def _bulk_history(
-    session: AsyncSession, accesses: Sequence[_Access], upto: int, window: timedelta
+    session: AsyncSession, accesses: Sequence[_Access], upto: int, window: timedelta, threshold: int
 ) -> dict[uuid.UUID, list[_Seen]]:
     """For each actor with patient accesses in the batch, every sealed patient access of theirs that shares a
     window with one of those: from a window before their first to a window after their last.
@@ -300,6 +300,9 @@ async def _bulk_history(
             continue
         low, high = spans.get(access.actor_id, (access.occurred_at, access.occurred_at))
         spans[access.actor_id] = (min(low, access.occurred_at), max(high, access.occurred_at))
+    if not spans:
+        return {}
+    spans = await _near_threshold(session, spans, window, threshold)
     if not spans:
         return {}
     statement = (
@@ -324,6 +327,35 @@ async def _bulk_history(
     for row in await session.execute(statement):
         history[row.actor_id].append(_Seen(row.chain_index, row.id, row.occurred_at, row.patient_id))
     return history
+
+
+async def _near_threshold(
+    session: AsyncSession, spans: dict[uuid.UUID, tuple[datetime, datetime]], window: timedelta, threshold: int
+) -> dict[uuid.UUID, tuple[datetime, datetime]]:
+    """The actors who opened more than ``threshold`` distinct patients over their whole span (sealed entries or
+    not): only they can have a crowded window. Nearly everyone is settled by this one aggregate, without
+    loading their accesses; a busy integration may read thousands of times a minute about a few patients."""
+    rows = await session.execute(
+        select(AuditEvent.actor_id, func.count(func.distinct(AuditEvent.patient_id)))
+        .where(
+            AuditEvent.action.in_(PATIENT_ACCESS_ACTIONS),
+            AuditEvent.outcome == Outcome.success.value,
+            AuditEvent.patient_id.is_not(None),
+            or_(
+                *(
+                    and_(
+                        AuditEvent.actor_id == actor_id,
+                        AuditEvent.occurred_at > low - window,
+                        AuditEvent.occurred_at < high + window,
+                    )
+                    for actor_id, (low, high) in spans.items()
+                )
+            ),
+        )
+        .group_by(AuditEvent.actor_id)
+    )
+    crowded = {actor_id for actor_id, patients in rows if patients > threshold}
+    return {actor_id: span for actor_id, span in spans.items() if actor_id in crowded}
 
 
 def _crowded_windows(seen: Sequence[_Seen], window: timedelta, threshold: int) -> Iterator[tuple[_Seen, int, datetime]]:

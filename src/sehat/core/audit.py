@@ -20,6 +20,7 @@ On PostgreSQL triggers refuse UPDATE, DELETE and TRUNCATE on both tables; on SQL
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import uuid
@@ -27,17 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, Select, String, insert
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.actor import Actor, SystemActor
 from sehat.core.clock import utcnow
 from sehat.core.crypto import KeyRing
-from sehat.core.db import Base
+from sehat.core.db import Base, driver_connection
 
 MAC_PURPOSE = "audit-entry-mac"
 PSEUDONYM_PURPOSE = "audit-pseudonym"
@@ -136,7 +137,6 @@ def chain_step(key: bytes, previous: bytes, mac: bytes) -> bytes:
 
 
 GENESIS = b"\x00" * 32
-SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
 class AuditLog:
@@ -178,16 +178,23 @@ class AuditLog:
         session.add(event)
         return event
 
-    def attach(self, session: AsyncSession, actor: Actor, entry: AuditEntry, statement: SelectT) -> SelectT:
-        """The read ``statement`` carrying its own audit entry: on PostgreSQL the INSERT travels inside it as a
-        data-modifying CTE, so a hot read and its entry cost one round trip and commit together. SQLite has
-        no such CTE; there the entry is added to the session as ``record`` does."""
-        if session.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
-            self.record(session, actor, entry)
-            return statement
+    async def fetch_with_entry(
+        self, session: AsyncSession, actor: Actor, entry: AuditEntry, query: str, *arguments: Any
+    ) -> list[Any]:
+        """PostgreSQL only: run one read (asyncpg SQL, ``$1``..``$n``) with the entry's INSERT travelling inside
+        it as a data-modifying CTE, on the session's own connection, so it shares the session's transaction
+        and tenant scope. A hot read and its audit entry then cost one round trip and no ORM work, and commit
+        together. The SQLite version of such a read adds the entry with ``record`` instead.
+
+        ``query`` may start with its own WITH clause; the entry's CTE goes first."""
         event = self.build(actor, entry)
-        values = {column.key: getattr(event, column.key) for column in _INSERTED_COLUMNS}
-        return statement.add_cte(insert(AuditEvent).values(values).cte("audit_entry"))  # type: ignore[return-value]
+        values = [_insert_value(event, column) for column in _INSERTED_COLUMNS]
+        prefix = _entry_cte(len(arguments))
+        body = query.lstrip()
+        statement = prefix + (", " + body[5:] if body[:5].upper() == "WITH " else " " + body)
+        driver = await session.run_sync(driver_connection)
+        rows: list[Any] = await driver.fetch(statement, *arguments, *values)
+        return rows
 
     def build(
         self,
@@ -234,4 +241,20 @@ class AuditLog:
 
 
 # Everything but the id, which the database assigns.
-_INSERTED_COLUMNS = [column for column in AuditEvent.__table__.columns if column.key != "id"]
+_INSERTED_COLUMNS = [column.key for column in AuditEvent.__table__.columns if column.key != "id"]
+_JSON_COLUMNS = frozenset({"actor_roles", "details"})
+
+
+def _insert_value(event: AuditEvent, column: str) -> Any:
+    value = getattr(event, column)
+    # asyncpg sends json parameters as text.
+    return orjson.dumps(value).decode() if column in _JSON_COLUMNS else value
+
+
+@functools.cache
+def _entry_cte(first_free_argument: int) -> str:
+    """``WITH audit_entry AS (INSERT ...)`` whose placeholders follow the read's own ``$1``..``$n``."""
+    placeholders = ", ".join(f"${first_free_argument + number}" for number in range(1, len(_INSERTED_COLUMNS) + 1))
+    columns = ", ".join(_INSERTED_COLUMNS)
+    # Built from the model's column names and placeholder numbers only: nothing from a caller.
+    return f"WITH audit_entry AS (INSERT INTO audit_events ({columns}) VALUES ({placeholders}))"  # noqa: S608

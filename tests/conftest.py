@@ -187,6 +187,8 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "database_url": database_url,
             "master_key": MASTER_KEY,
             "redis_key_prefix": f"t{uuid.uuid4().hex[:12]}:",
+            # Never the working directory: a test that seals must not leave checkpoints in the checkout.
+            "audit_checkpoint_file": tmp_path / "audit-checkpoints.jsonl",
             **FAST_HASHING,
             **overrides,
         }

@@ -23,7 +23,6 @@ from sehat.core.audit import (
     MAC_PURPOSE,
     AuditEntry,
     AuditEvent,
-    AuditSeal,
     Outcome,
     canonical_content,
     chain_step,
@@ -395,40 +394,6 @@ async def test_an_idle_pass_looks_only_above_what_is_sealed(log_api: Any) -> Non
     assert (busy.sealed, busy.scanned_above) == (3, ids[-1])
     assert (await chain.seal_pass(api.database)).scanned_above == later[-1]
     assert (await api.app.state.audit_chain.verify(api.database)).ok
-
-
-async def test_an_entry_whose_transaction_commits_late_is_still_sealed(log_api: Any, backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite admits one writer at a time: no entry can commit after a later one was sealed")
-    api = log_api
-    chain = _chain(api)
-    await _record(api, 2)
-    await chain.seal_pass(api.database)
-    # A request that drew its entry's id and is still working when a later entry commits and gets sealed.
-    slow = api.database.session()
-    try:
-        await enter_platform_scope(slow)
-        late = api.app.state.audit.record(
-            slow, SystemActor(name="slow"), AuditEntry(action="test.late", outcome=Outcome.success)
-        )
-        await slow.flush()
-        later = await _record(api, 2, start=10)
-        assert late.id < later[0]
-        for _ in range(3):
-            done = await chain.seal_pass(api.database)
-            # The floor waits below the open transaction's entry, however many passes run meanwhile.
-            assert done.scanned_above < late.id
-        await slow.commit()
-    finally:
-        await slow.close()
-    done = await chain.seal_pass(api.database)
-    assert done.sealed == 1
-    async with api.unit_of_work() as session:
-        await enter_platform_scope(session)
-        assert await session.scalar(select(AuditSeal.chain_index).where(AuditSeal.event_id == late.id)) == 5
-    report = await api.app.state.audit_chain.verify(api.database)
-    assert report.ok and (report.sealed, report.unsealed) == (5, 0)
-    assert (await chain.seal_pass(api.database)).scanned_above == later[-1]
 
 
 async def test_entries_still_settling_hold_the_floor_until_they_are_sealed(log_api: Any) -> None:

@@ -334,7 +334,7 @@ async def verify_in_process(settings: Any, chain: Any, entries: int) -> Round:
     database = Database(create_engine(settings))
     try:
         # One connection made and warmed first: a verification in a running process does not open one.
-        async with database.unit_of_work(write=False) as session:
+        async with database.unit_of_work() as session:
             await session.connection()
         before = snapshot()
         report = await chain.verify(database)
@@ -363,7 +363,7 @@ async def read_rows_only(settings: Any, entries: int) -> Round:
     database = Database(create_engine(settings))
     seen = 0
     try:
-        async with database.unit_of_work(write=False) as session:
+        async with database.unit_of_work() as session:
             source = await verification_rows(session)
             before = snapshot()
             pending = asyncio.ensure_future(source.chain_after(None))

@@ -52,7 +52,7 @@ async def _sync_shared_state(app: FastAPI) -> None:
     three, so a change made through any server reaches every server within one refresh interval.
 
     Re-seeding heals a revocation store that lost its contents (a Redis restarted without persistence)."""
-    async with app.state.database.unit_of_work(write=False, actor=SystemActor(name="shared-state")) as session:
+    async with app.state.database.unit_of_work(actor=SystemActor(name="shared-state")) as session:
         await app.state.auth.signing_keys.load(session)
         await app.state.auth.permissions.load(session)
         await identity_service.seed_revocations(session, app.state.auth)

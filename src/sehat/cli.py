@@ -203,7 +203,7 @@ async def _read_grants(settings: Settings) -> dict[str, list[str]]:
 
     database = Database(create_engine(settings))
     try:
-        async with database.unit_of_work(write=False) as session:
+        async with database.unit_of_work() as session:
             return await read_grants(session)
     finally:
         await database.dispose()

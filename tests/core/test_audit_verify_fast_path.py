@@ -147,7 +147,7 @@ async def _write_nasty_events(api: Any) -> dict[int, bytes]:
     async with api.unit_of_work() as session:
         await enter_platform_scope(session)
         session.add_all(_nasty_events(key, kid))
-    async with api.database.unit_of_work(write=False) as session:
+    async with api.database.unit_of_work() as session:
         await enter_platform_scope(session)
         events = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
         return {event.id: canonical_content(event) for event in events}
@@ -174,13 +174,13 @@ async def test_the_verifier_renders_every_row_to_the_bytes_canonical_content_giv
                 text(f"UPDATE audit_events SET {column} = :document WHERE action = :action"),  # noqa: S608
                 {"document": document, "action": action},
             )
-    async with api.database.unit_of_work(write=False) as session:
+    async with api.database.unit_of_work() as session:
         await enter_platform_scope(session)
         events = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
         expected = {event.id: canonical_content(event) for event in events}
 
     async def rendered(read: str) -> dict[int, bytes]:
-        async with api.database.unit_of_work(write=False) as session:
+        async with api.database.unit_of_work() as session:
             source = await verification_rows(session)
             if read == "unsealed":
                 rows = [row async for batch in source.unsealed_within([(-(2**63), 2**63 - 1)]) for row in batch]

@@ -187,7 +187,7 @@ async def test_authenticating_a_request_issues_no_sql_beyond_what_the_handler_re
 
     nurse = await _actor_for(api, nurse_id)
     with _recorded_statements(api) as profile_read_alone:
-        async with api.database.unit_of_work(write=False, actor=nurse) as session:
+        async with api.database.unit_of_work(actor=nurse) as session:
             assert await load_profile(session, nurse_id) is not None
     with _recorded_statements(api) as whole_request:
         assert (await api.client.get("/api/v1/me", headers=headers)).status_code == 200

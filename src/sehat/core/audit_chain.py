@@ -965,7 +965,7 @@ class AuditChain:
         checkpoint = self.latest_checkpoint(report)
         report.checkpoint_index = checkpoint[0] if checkpoint else None
         with _collector_paused():
-            async with database.unit_of_work(write=False) as session:
+            async with database.unit_of_work() as session:
                 source = await verification_rows(session)
                 walk = _Walk(self._key_ring, checkpoint, report, source.content)
                 await _feed(source.chain_after, None, 0, source.prefetch, walk.chain)

@@ -126,21 +126,18 @@ class Database:
         # writer under WAL (if another writer committed meanwhile, the upgrade fails at once, whatever the
         # busy timeout). Embedded mode serves one clinic; serialized transactions are its price.
         session_engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) if self.is_sqlite else engine
-        self._read_sessions = async_sessionmaker(session_engine, expire_on_commit=False, autoflush=True)
-        self._write_sessions = self._read_sessions
+        self._sessions = async_sessionmaker(session_engine, expire_on_commit=False, autoflush=True)
 
-    def session(self, *, write: bool = True) -> AsyncSession:
-        return (self._write_sessions if write else self._read_sessions)()
+    def session(self) -> AsyncSession:
+        return self._sessions()
 
     @asynccontextmanager
-    async def unit_of_work(
-        self, *, write: bool = True, actor: Actor | SystemActor | None = None
-    ) -> AsyncIterator[AsyncSession]:
+    async def unit_of_work(self, *, actor: Actor | SystemActor | None = None) -> AsyncIterator[AsyncSession]:
         """For code outside a request (CLI, worker, tests): commit at the end, roll back on error.
 
         With an actor, the transaction works in the actor's tenant scope (``core.tenant_scope``); without one it
         sees no tenant rows on PostgreSQL until the code enters a scope itself."""
-        session = self.session(write=write)
+        session = self.session()
         keep = False
         try:
             if actor is not None:

@@ -45,14 +45,12 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Per-request values live under our own keys in the ASGI scope, which is one dict per request. Not in
 # scope["state"]: servers may hand every request the same lifespan state dict.
 SCOPE_SESSION = "sehat.session"
-SCOPE_WRITES = "sehat.writes"
 SCOPE_REQUEST_ID = "sehat.request_id"
 SCOPE_ACTOR = "sehat.actor"
 # Set by an access guard (identity's `require`) when a request reaches for a protected resource: a 401, 403 or
 # 404 on such a request is a denial, and every denial is audited.
 SCOPE_PROTECTED = "sehat.protected"
 _DENIAL_STATUSES = frozenset({401, 403, 404})
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def problem_response(problem: Problem) -> Response:
@@ -71,7 +69,7 @@ async def get_session(request: Request) -> AsyncSession:
     scope = request.scope
     session = scope.get(SCOPE_SESSION)
     if session is None:
-        session = request.app.state.database.session(write=scope.get(SCOPE_WRITES, True))
+        session = request.app.state.database.session()
         scope[SCOPE_SESSION] = session
         actor = scope.get(SCOPE_ACTOR)
         if actor is not None:
@@ -85,11 +83,9 @@ class UnitOfWorkRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
-        writes = not (self.methods or set()) <= _READ_METHODS
 
         async def run_in_unit_of_work(request: Request) -> Response:
             scope = request.scope
-            scope[SCOPE_WRITES] = writes
             try:
                 response = await handler(request)
             except Problem as problem:

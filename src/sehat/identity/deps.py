@@ -39,7 +39,7 @@ async def _verify(request: Request, auth: AuthRuntime, token: str) -> AccessClai
         # Another server may have rotated the signing key moments ago; look once, rate-limited.
         if not auth.signing_keys.may_reload_for_unknown_kid():
             raise
-        async with request.app.state.database.unit_of_work(write=False) as session:
+        async with request.app.state.database.unit_of_work() as session:
             await auth.signing_keys.load(session)
         return auth.tokens.verify(token)
 

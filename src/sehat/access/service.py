@@ -16,7 +16,6 @@ from sehat.access.break_glass import BREAK_GLASS_ACTION
 from sehat.access.schemas import AccessLogEntryRead, AccessLogQuery, AuditEventQuery
 from sehat.core.actor import Actor, Audience, Role
 from sehat.core.audit import AuditEntry, AuditEvent, AuditLog, Outcome
-from sehat.core.db import SQLITE_BEGIN_OPTION
 from sehat.core.errors import Forbidden, InvalidInput
 from sehat.core.scoping import scoped_select
 from sehat.identity.models import User
@@ -81,8 +80,7 @@ async def list_audit_events(
             details={"filters": query.filters_used(), "limit": query.limit, "continued": before_id is not None},
         ),
     )
-    # Written before anything is read. A GET's transaction on SQLite starts deferred: a read first and a
-    # write second would have to upgrade its lock, which fails at once if another writer committed meanwhile.
+    # Flushed first for its id: the page below leaves the read's own entry out.
     await session.flush()
 
     statement = (
@@ -140,17 +138,6 @@ def _ensure_can_read_own_access_log(actor: Actor) -> None:
         raise Forbidden("Only a patient may read their own access log.", code="permission_denied")
 
 
-async def _begin_with_the_write_lock(session: AsyncSession) -> None:
-    """On SQLite, start this read's transaction IMMEDIATE, as write requests do.
-
-    The audit entry of the read names the patient, so the caller's link is read before the entry is written.
-    A GET's transaction on SQLite starts DEFERRED, and a deferred transaction that has read fails at once on
-    its first write if another writer committed in between; holding the write lock from BEGIN avoids that.
-    PostgreSQL needs nothing."""
-    if session.get_bind().dialect.name == "sqlite" and not session.in_transaction():
-        await session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-
-
 def _access_log_item(row: Any, caller_id: uuid.UUID) -> AccessLogEntryRead:
     roles: list[str] = sorted(row.actor_roles)
     if row.actor_type == "system":
@@ -183,7 +170,6 @@ async def list_own_access_log(
     ``audit.read_own`` with the patient's id, and those entries are left out of the list."""
     _ensure_can_read_own_access_log(actor)
     before_id = decode_cursor(query.cursor) if query.cursor else None
-    await _begin_with_the_write_lock(session)
     patient_id = await session.scalar(
         scoped_select(User, actor).with_only_columns(User.patient_id).where(User.id == actor.user_id)
     )

@@ -158,21 +158,14 @@ def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]])
 async def finish(session: AsyncSession, *, keep: bool) -> None:
     """Commit (or roll back) and close the session, then run its after-commit callbacks if it committed.
 
-    Both steps happen in one hop into SQLAlchemy's synchronous layer: each hop is a greenlet switch, and on
-    a hot path those switches cost more than the statements.
+    Both steps happen in one hop into SQLAlchemy's synchronous layer, or none when the session was never
+    used: each hop is a greenlet switch, and on a hot path those switches cost more than the statements.
     """
     callbacks: list[Callable[[], Awaitable[None]]] = session.info.pop(AFTER_COMMIT_KEY, [])
-
-    def end(sync_session: Session) -> None:
-        try:
-            if keep:
-                sync_session.commit()
-            else:
-                sync_session.rollback()
-        finally:
-            sync_session.close()
-
-    await session.run_sync(end)
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        await session.run_sync(_end, keep)
+    # Otherwise nothing went through this session (a read served on its own connection, like GET /me): no
+    # connection to return and nothing to commit, so no hop into SQLAlchemy's synchronous layer either.
     if not keep:
         return
     for callback in callbacks:
@@ -182,6 +175,16 @@ async def finish(session: AsyncSession, *, keep: bool) -> None:
             # The transaction is durable; a failed side effect is logged for the relay to retry, never
             # turned into an error for a request whose work is already committed.
             log.exception("after_commit_callback_failed")
+
+
+def _end(sync_session: Session, keep: bool) -> None:
+    try:
+        if keep:
+            sync_session.commit()
+        else:
+            sync_session.rollback()
+    finally:
+        sync_session.close()
 
 
 def driver_connection(sync_session: Session) -> Any:

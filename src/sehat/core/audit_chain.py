@@ -44,7 +44,6 @@ from sehat.core.audit import (
     AuditSeal,
     canonical_content,
     chain_step,
-    entry_mac,
 )
 from sehat.core.clock import utcnow
 from sehat.core.crypto import DecryptionError, KeyRing
@@ -471,6 +470,18 @@ class _Keys:
         return key
 
 
+def _row_mac_is_valid(mac_keys: _Keys, content: ContentOf, row: Sequence[Any]) -> bool:
+    """Whether a row of the verification layout carries the MAC sehat would have written for it."""
+    key = mac_keys.get(row[5])
+    if key is None:
+        return False
+    try:
+        rendered = content(row)
+    except Exception:  # whatever the row holds, content that cannot be rendered was not written by sehat
+        return False
+    return key.digest(rendered) == row[6]
+
+
 class _Walk:
     """The verification state machine, fed rows in chain order and then the unsealed entries in id order."""
 
@@ -493,14 +504,7 @@ class _Walk:
         self.gaps: list[tuple[int, int]] = []
 
     def mac_is_valid(self, row: Sequence[Any]) -> bool:
-        key = self.mac_keys.get(row[5])
-        if key is None:
-            return False
-        try:
-            content = self.content(row)
-        except Exception:  # whatever the row holds, content that cannot be rendered was not written by sehat
-            return False
-        return key.digest(content) == row[6]
+        return _row_mac_is_valid(self.mac_keys, self.content, row)
 
     def chain(self, rows: Sequence[Sequence[Any]]) -> None:
         # The hot loop, a million rows in a few seconds. State lives in locals while it runs, and the common
@@ -820,7 +824,7 @@ class AuditChain:
         ).first()
         index, previous = (head[0], head[1]) if head else (0, GENESIS)
         chain_kid, chain_key = self._key_ring.derive(CHAIN_PURPOSE)
-        mac_keys: dict[str, bytes] = {}
+        mac_keys = _Keys(self._key_ring, MAC_PURPOSE)
         now = utcnow()
         sealed = 0
         for event in pending:
@@ -860,28 +864,17 @@ class AuditChain:
         index, previous = (head["chain_index"], head["chain_hash"]) if head else (0, GENESIS)
         chain_kid, chain_key = self._key_ring.derive(CHAIN_PURPOSE)
         canonical = text_canonicalizer()
-        mac_keys: dict[str, bytes | None] = {}
+        mac_keys = _Keys(self._key_ring, MAC_PURPOSE)
         now = utcnow()
         seals: list[tuple[int, int, str, bytes, datetime]] = []
         for row in pending:
-            event_id, mac_kid, mac = row[4], row[5], row[6]
-            if mac_kid not in mac_keys:
-                try:
-                    mac_keys[mac_kid] = self._key_ring.derive(MAC_PURPOSE, mac_kid)[1]
-                except DecryptionError:
-                    mac_keys[mac_kid] = None
-            key = mac_keys[mac_kid]
-            try:
-                valid = key is not None and mac == entry_mac(key, canonical(row))
-            except Exception:  # content that cannot be rendered was not written by sehat
-                valid = False
-            if not valid:
+            if not _row_mac_is_valid(mac_keys, canonical, row):
                 # Never seal what the application did not write; verification reports it as inserted.
-                log.warning("audit_entry_with_invalid_mac_not_sealed", event_id=event_id)
+                log.warning("audit_entry_with_invalid_mac_not_sealed", event_id=row[4])
                 continue
             index += 1
-            previous = chain_step(chain_key, previous, mac)
-            seals.append((index, event_id, chain_kid, previous, now))
+            previous = chain_step(chain_key, previous, row[6])
+            seals.append((index, row[4], chain_kid, previous, now))
         if seals:
             await connection.copy_records_to_table(
                 "audit_seals",
@@ -897,18 +890,16 @@ class AuditChain:
             after_commit(session, checkpoint)
         return _Batch(len(seals), len(pending) - len(seals), len(pending), pending[-1][4])
 
-    def _mac_is_valid(self, event: AuditEvent, keys: dict[str, bytes]) -> bool:
-        key = keys.get(event.mac_kid)
+    @staticmethod
+    def _mac_is_valid(event: AuditEvent, mac_keys: _Keys) -> bool:
+        key = mac_keys.get(event.mac_kid)
         if key is None:
-            try:
-                key = keys[event.mac_kid] = self._key_ring.derive(MAC_PURPOSE, event.mac_kid)[1]
-            except DecryptionError:
-                return False
+            return False
         try:
             content = canonical_content(event)
         except Exception:  # content that cannot be rendered was not written by sehat
             return False
-        return event.mac == entry_mac(key, content)
+        return event.mac == key.digest(content)
 
     # --- checkpoints ----------------------------------------------------------------------------------
 

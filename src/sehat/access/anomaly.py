@@ -340,16 +340,7 @@ async def _bulk_history(
         .where(
             AuditSeal.chain_index <= upto,
             AuditEvent.patient_id.is_not(None),
-            or_(
-                *(
-                    and_(
-                        AuditEvent.actor_id == actor_id,
-                        AuditEvent.occurred_at > low - window,
-                        AuditEvent.occurred_at < high + window,
-                    )
-                    for actor_id, (low, high) in spans.items()
-                )
-            ),
+            _within_spans(spans, window),
         )
         .order_by(AuditEvent.occurred_at, AuditSeal.chain_index)
     )
@@ -357,6 +348,20 @@ async def _bulk_history(
     for row in await session.execute(statement):
         history[row.actor_id].append(_Seen(row.chain_index, row.id, row.occurred_at, row.patient_id))
     return history
+
+
+def _within_spans(spans: dict[uuid.UUID, tuple[datetime, datetime]], window: timedelta) -> Any:
+    """Each actor's entries from a window before their first access in the batch to a window after their last."""
+    return or_(
+        *(
+            and_(
+                AuditEvent.actor_id == actor_id,
+                AuditEvent.occurred_at > low - window,
+                AuditEvent.occurred_at < high + window,
+            )
+            for actor_id, (low, high) in spans.items()
+        )
+    )
 
 
 async def _near_threshold(
@@ -371,16 +376,7 @@ async def _near_threshold(
             AuditEvent.action.in_(PATIENT_ACCESS_ACTIONS),
             AuditEvent.outcome == Outcome.success.value,
             AuditEvent.patient_id.is_not(None),
-            or_(
-                *(
-                    and_(
-                        AuditEvent.actor_id == actor_id,
-                        AuditEvent.occurred_at > low - window,
-                        AuditEvent.occurred_at < high + window,
-                    )
-                    for actor_id, (low, high) in spans.items()
-                )
-            ),
+            _within_spans(spans, window),
         )
         .group_by(AuditEvent.actor_id)
     )

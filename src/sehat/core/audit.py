@@ -168,14 +168,16 @@ class AuditLog:
         """Add an entry to the session's transaction: it commits (or rolls back) with the work it audits.
 
         ``user_id`` and ``roles`` name the person when there is no token yet (a sign-in)."""
-        event = self.build(
-            actor,
-            entry,
-            organization_id=organization_id,
-            client_address=client_address,
-            request_id=request_id,
-            user_id=user_id,
-            roles=roles,
+        event = AuditEvent(
+            **self.values(
+                actor,
+                entry,
+                organization_id=organization_id,
+                client_address=client_address,
+                request_id=request_id,
+                user_id=user_id,
+                roles=roles,
+            )
         )
         session.add(event)
         return event
@@ -197,30 +199,6 @@ class AuditLog:
         driver = await session.run_sync(driver_connection)
         rows: list[Any] = await driver.fetch(statement, *arguments, *values)
         return rows
-
-    def build(
-        self,
-        actor: Actor | SystemActor | None,
-        entry: AuditEntry,
-        *,
-        organization_id: uuid.UUID | None = None,
-        client_address: str | None = None,
-        request_id: str | None = None,
-        user_id: uuid.UUID | None = None,
-        roles: Sequence[str] = (),
-    ) -> AuditEvent:
-        """The entry as it will be stored, MAC included, not yet added to any session."""
-        return AuditEvent(
-            **self.values(
-                actor,
-                entry,
-                organization_id=organization_id,
-                client_address=client_address,
-                request_id=request_id,
-                user_id=user_id,
-                roles=roles,
-            )
-        )
 
     def values(
         self,

@@ -19,8 +19,8 @@ ENTRIES = 10
 
 @asynccontextmanager
 async def superuser(api: Any) -> AsyncIterator[Any]:
-    """A connection that bypasses the append-only triggers and foreign keys, as an attacker with full
-    database rights would."""
+    """A connection that bypasses the append-only triggers, foreign keys and row-level security, as an attacker
+    with full database rights would."""
     async with (api.owner_database or api.database).engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(text("SET session_replication_role = replica"))
@@ -33,6 +33,28 @@ async def superuser(api: Any) -> AsyncIterator[Any]:
             await connection.execute(text("BEGIN"))
         yield connection
         await connection.commit()
+
+
+ENTRY_COLUMNS = (
+    "occurred_at", "organization_id", "actor_type", "actor_id", "actor_roles", "action", "resource_type",
+    "resource_id", "patient_id", "outcome", "client_address", "request_id", "details", "mac_kid", "mac",
+)  # fmt: skip
+
+
+async def forge_entry(
+    connection: Any, *, new_id: int, event_uuid: str, copy_of: int, action: str | None = None
+) -> None:
+    """As a superuser, insert a copy of entry ``copy_of`` under a new id and uuid, its MAC copied along (and, if
+    given, another action): a plausible-looking entry that sehat did not write."""
+    selected = [":action" if column == "action" and action is not None else column for column in ENTRY_COLUMNS]
+    await connection.execute(
+        text(
+            # Test-owned constants only: nothing here comes from input.
+            f"INSERT INTO audit_events (id, event_uuid, {', '.join(ENTRY_COLUMNS)}) "  # noqa: S608
+            f"SELECT :new_id, :uuid, {', '.join(selected)} FROM audit_events WHERE id = :id"
+        ),
+        {"new_id": new_id, "uuid": event_uuid, "id": copy_of, **({"action": action} if action else {})},
+    )
 
 
 async def _record(api: Any, count: int, start: int = 0) -> list[int]:
@@ -120,20 +142,9 @@ async def test_swapped_entries_are_located_at_the_first_moved_position(sealed_lo
 
 async def test_a_forged_entry_is_found_sealed_or_not(sealed_log: Any) -> None:
     api, ids = sealed_log
-    # Test-owned constants only: nothing here comes from input.
-    copy_columns = (
-        "occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type, resource_id, "
-        "patient_id, outcome, client_address, request_id, details, mac_kid, mac"
-    )
     async with superuser(api) as connection:
         # A plausible-looking row, with a MAC copied from a real one: it cannot match its new content.
-        await connection.execute(
-            text(
-                f"INSERT INTO audit_events (id, event_uuid, {copy_columns}) "  # noqa: S608
-                f"SELECT :new_id, :uuid, {copy_columns} FROM audit_events WHERE id = :id"
-            ),
-            {"new_id": ids[-1] + 100, "uuid": "0" * 31 + "1", "id": ids[0]},
-        )
+        await forge_entry(connection, new_id=ids[-1] + 100, event_uuid="0" * 31 + "1", copy_of=ids[0])
     report = await _verify(api)
     assert (report.first.kind, report.first.event_id) == ("inserted", ids[-1] + 100)
     # The sealer refuses to seal it, so it cannot be laundered into the chain either.

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sehat.core.actor import SystemActor
 from sehat.core.audit import AuditEntry, AuditSeal, Outcome
 from sehat.core.tenant_scope import enter_platform_scope
-from tests.core.test_audit_verify_fast_path import _chain, _record, log_api
+from tests.core.test_audit_log import _record
+from tests.core.test_audit_verify_fast_path import _chain, log_api
 
 __all__ = ["log_api"]  # the fixture used below, shared with the fast-path tests
 

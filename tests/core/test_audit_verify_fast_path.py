@@ -7,7 +7,6 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,24 +29,7 @@ from sehat.core.audit import (
 )
 from sehat.core.audit_chain import AuditChain, PreparedHmac, verification_rows
 from sehat.core.tenant_scope import enter_platform_scope
-
-
-@asynccontextmanager
-async def superuser(api: Any) -> AsyncIterator[Any]:
-    """A connection that bypasses the append-only triggers, foreign keys and row-level security, as an attacker
-    with full database rights would."""
-    async with (api.owner_database or api.database).engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text("SET session_replication_role = replica"))
-        else:
-            await connection.execute(text("COMMIT"))
-            await connection.execute(text("PRAGMA foreign_keys = OFF"))
-            for table in ("audit_events", "audit_seals"):
-                for operation in ("update", "delete"):
-                    await connection.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{operation}"))
-            await connection.execute(text("BEGIN"))
-        yield connection
-        await connection.commit()
+from tests.core.test_audit_log import _record, forge_entry, superuser
 
 
 @pytest.fixture
@@ -63,18 +45,6 @@ async def log_api(start_api: Any, tmp_path: Any) -> AsyncIterator[Any]:
 def _chain(api: Any, **options: Any) -> AuditChain:
     """A sealer of its own, so each test starts from a fresh floor."""
     return AuditChain(api.auth.key_ring, api.app.state.audit_chain.checkpoint_file, 0, **options)
-
-
-async def _record(api: Any, count: int, start: int = 0) -> list[int]:
-    ids = []
-    async with api.unit_of_work() as session:
-        for number in range(start, start + count):
-            event = api.app.state.audit.record(
-                session, SystemActor(name="test"), AuditEntry(action=f"test.event.{number}", outcome=Outcome.success)
-            )
-            await session.flush()
-            ids.append(event.id)
-    return ids
 
 
 # --- the same bytes as canonical_content --------------------------------------------------------------------
@@ -276,18 +246,8 @@ async def _tamper_across_batches(api: Any, ids: list[int]) -> None:
         # An edit, two seals removed at once, a forged entry below the sealed ids and one above them.
         await connection.execute(text("UPDATE audit_events SET outcome = 'denied' WHERE id = :id"), {"id": ids[8]})
         await connection.execute(text("DELETE FROM audit_seals WHERE chain_index IN (13, 14)"))
-        copy_columns = (
-            "occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type, resource_id, "
-            "patient_id, outcome, client_address, request_id, details, mac_kid, mac"
-        )
         for new_id, marker in ((-5, "1"), (ids[-1] + 50, "2")):
-            await connection.execute(
-                text(
-                    f"INSERT INTO audit_events (id, event_uuid, {copy_columns}) "  # noqa: S608 - constants
-                    f"SELECT :new_id, :uuid, {copy_columns} FROM audit_events WHERE id = :id"
-                ),
-                {"new_id": new_id, "uuid": "0" * 31 + marker, "id": ids[0]},
-            )
+            await forge_entry(connection, new_id=new_id, event_uuid="0" * 31 + marker, copy_of=ids[0])
 
 
 def _summary(report: Any) -> tuple[Any, ...]:
@@ -337,15 +297,8 @@ async def test_an_unsealed_entry_in_a_hole_between_sealed_ids_is_found(log_api: 
     await _record(api, 2, start=3)
     assert await _chain(api).seal(api.database) == 6
     async with superuser(api) as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO audit_events (id, event_uuid, occurred_at, organization_id, actor_type, actor_id, "
-                "actor_roles, action, resource_type, resource_id, patient_id, outcome, client_address, "
-                "request_id, details, mac_kid, mac) SELECT :new_id, :uuid, occurred_at, organization_id, "
-                "actor_type, actor_id, actor_roles, 'forged', resource_type, resource_id, patient_id, outcome, "
-                "client_address, request_id, details, mac_kid, mac FROM audit_events WHERE id = :id"
-            ),
-            {"new_id": ids[-1] + 5, "uuid": str(uuid.UUID(int=5)), "id": ids[0]},
+        await forge_entry(
+            connection, new_id=ids[-1] + 5, event_uuid=str(uuid.UUID(int=5)), copy_of=ids[0], action="forged"
         )
     report = await api.app.state.audit_chain.verify(api.database)
     assert (report.sealed, report.unsealed) == (6, 1)
@@ -424,15 +377,12 @@ async def test_refused_entries_neither_stall_the_sealer_nor_add_checkpoints(
     async with superuser(api) as connection:
         # Seven entries the application did not write: more than a batch of them, one after another.
         for offset in range(1, 8):
-            await connection.execute(
-                text(
-                    "INSERT INTO audit_events (id, event_uuid, occurred_at, organization_id, actor_type, actor_id, "
-                    "actor_roles, action, resource_type, resource_id, patient_id, outcome, client_address, "
-                    "request_id, details, mac_kid, mac) SELECT :new_id, :uuid, occurred_at, organization_id, "
-                    "actor_type, actor_id, actor_roles, 'forged', resource_type, resource_id, patient_id, outcome, "
-                    "client_address, request_id, details, mac_kid, mac FROM audit_events WHERE id = :id"
-                ),
-                {"new_id": ids[-1] + offset, "uuid": str(uuid.UUID(int=offset)), "id": ids[0]},
+            await forge_entry(
+                connection,
+                new_id=ids[-1] + offset,
+                event_uuid=str(uuid.UUID(int=offset)),
+                copy_of=ids[0],
+                action="forged",
             )
     done = await chain.seal_pass(api.database)
     assert (done.sealed, done.refused) == (0, 7)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import functools
-import json
 import os
 import platform
 import re
@@ -47,18 +45,13 @@ from harness import (
     LoadResult,
     ServerProcess,
     app_url,
-    ensure_app_role,
-    ensure_wrk,
+    choose_load_generator,
     free_loopback_port,
     log_step,
-    owner_url,
     postgres_version,
-    recreate_database,
-    run_python_load,
-    run_sehat_command,
-    run_wrk,
+    prepare_database,
     stop_on_sigterm,
-    wrk_version,
+    write_results,
 )
 
 TARGET_MIN_RATIO = 0.8
@@ -181,33 +174,16 @@ def pgbench_ceiling(options: Options, organization_id: str, record_id: str) -> d
 
 def run(options: Options) -> dict[str, Any]:
     ports = {"on": free_loopback_port(), "off": free_loopback_port()}
+    # The owner's URL, for setting up; the servers connect as the application role.
     environment = auth.bench_environment(options.database, ports["on"])
-    environment["SEHAT_DATABASE_URL"] = owner_url(options.database)
-    environment["SEHAT_DATABASE_APP_ROLE"] = "sehat_app"
     settings = auth.settings_for(environment)
-
-    wrk: str | None = None
-    load_generator_note = "python asyncio client, bench/loadgen.py"
-    if options.load_generator != "python":
-        wrk, how = ensure_wrk()
-        if wrk is None:
-            if options.load_generator == "wrk":
-                raise BenchmarkError(f"wrk is not available: {how}")
-            load_generator_note = f"FALLBACK python asyncio client, bench/loadgen.py: {how}"
-        else:
-            load_generator_note = f"{wrk_version(wrk)} ({how})"
-    generate = functools.partial(run_wrk, wrk) if wrk is not None else run_python_load
-
-    log_step(f"re-creating database {options.database}, migrating it as the owner, granting the app role")
-    asyncio.run(ensure_app_role())
-    asyncio.run(recreate_database(options.database))
-    log_step(run_sehat_command(["migrate"], environment))
+    wrk, load_generator_note = choose_load_generator(options.load_generator)
+    log_step(prepare_database(options.database, environment))
     asyncio.run(auth.create_accounts(settings))
     record_id = asyncio.run(create_record(settings))
     path = RECORD_PATH.format(record_id=record_id)
 
     server_environment = {**environment, "SEHAT_DATABASE_URL": app_url(options.database)}
-    server_environment.pop("SEHAT_DATABASE_APP_ROLE")
     rounds: dict[str, list[LoadResult]] = {"on": [], "off": []}
     entries: list[dict[str, int]] = []
     try:
@@ -229,18 +205,12 @@ def run(options: Options) -> dict[str, Any]:
             servers = {"on": audited, "off": unaudited}
             for name, server in servers.items():
                 log_step(f"warming up audit {name} for {options.warmup_seconds:g} s")
-                generate(
-                    server.base_url, path, threads=options.threads, connections=options.connections,
-                    duration_seconds=options.warmup_seconds, headers=headers, server_pid=server.pid,
-                )  # fmt: skip
+                auth.run_load(options, wrk, server, path, headers, options.warmup_seconds)
             for number in range(options.rounds):
                 for name in ("on", "off") if number % 2 == 0 else ("off", "on"):
                     before = asyncio.run(count_entries(options.database)) if name == "on" else 0
                     log_step(f"round {number + 1}: audit {name}, {options.duration_seconds:g} s")
-                    result = generate(
-                        servers[name].base_url, path, threads=options.threads, connections=options.connections,
-                        duration_seconds=options.duration_seconds, headers=headers, server_pid=servers[name].pid,
-                    )  # fmt: skip
+                    result = auth.run_load(options, wrk, servers[name], path, headers, options.duration_seconds)
                     rounds[name].append(result)
                     if name == "on":
                         time.sleep(0.5)  # requests cut off by the deadline may still be committing
@@ -346,7 +316,6 @@ def main(arguments: list[str]) -> int:
     options = parse_options(arguments)
     with stop_on_sigterm():
         results = run(options)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "audit-append.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("audit-append", results)
     print(render_report(results))
     return 0

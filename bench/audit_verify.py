@@ -53,14 +53,14 @@ from harness import (
     BenchmarkError,
     CpuSnapshot,
     app_url,
-    ensure_app_role,
     log_step,
     owner_url,
     postgres_version,
-    recreate_database,
+    prepare_database,
     run_sehat_command,
     stop_on_sigterm,
     take_cpu_snapshot,
+    write_results,
 )
 
 TARGET_ENTRIES_PER_SECOND = 200_000
@@ -468,15 +468,7 @@ def run(options: Options) -> dict[str, Any]:
         settings = settings_for(environment)
         key_ring = KeyRing.parse(environment["SEHAT_MASTER_KEY"])
 
-        log_step(f"re-creating database {options.database}, migrating it as the owner, granting the app role")
-        asyncio.run(ensure_app_role())
-        asyncio.run(recreate_database(options.database))
-        owner_environment = {
-            **environment,
-            "SEHAT_DATABASE_URL": owner_url(options.database),
-            "SEHAT_DATABASE_APP_ROLE": APP_ROLE,
-        }
-        log_step(run_sehat_command(["migrate"], owner_environment))
+        log_step(prepare_database(options.database, environment))
 
         log_step(f"making {options.entries:,} entries with the real MAC and chain code, loading them with COPY")
         started = time.perf_counter()
@@ -604,9 +596,7 @@ def main(arguments: list[str]) -> int:
             print(f"[bench] FAILED: {error}", file=sys.stderr)
             return 1
     print(render_report(results))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    output = RESULTS_DIR / "audit-verify.json"
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    output = write_results("audit-verify", results)
     print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
     return 0
 

@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import datetime as dt
 import functools
-import json
 import os
 import platform
 import secrets
@@ -62,25 +61,22 @@ import pyotp
 import redis
 
 from harness import (
-    APP_ROLE,
     RESULTS_DIR,
     BenchmarkError,
     LoadResult,
     ServerProcess,
     app_url,
-    ensure_app_role,
-    ensure_wrk,
+    choose_load_generator,
     free_loopback_port,
     log_step,
     percentile,
     postgres_database_counters,
     postgres_version,
-    recreate_database,
+    prepare_database,
     run_python_load,
-    run_sehat_command,
     run_wrk,
     stop_on_sigterm,
-    wrk_version,
+    write_results,
 )
 from sehat.settings import Settings
 
@@ -476,23 +472,8 @@ def run(options: Options) -> dict[str, Any]:
     settings = settings_for(environment)
     redis_prefix = environment["SEHAT_REDIS_KEY_PREFIX"]
 
-    wrk: str | None = None
-    load_generator_note = "python asyncio client, bench/loadgen.py (asked for with --load-generator python)"
-    if options.load_generator != "python":
-        wrk, how = ensure_wrk()
-        if wrk is None:
-            if options.load_generator == "wrk":
-                raise BenchmarkError(f"wrk is not available: {how}")
-            load_generator_note = f"FALLBACK python asyncio client, bench/loadgen.py: {how}"
-            log_step(load_generator_note)
-        else:
-            load_generator_note = f"{wrk_version(wrk)} ({how})"
-
-    log_step(f"re-creating database {options.database}, migrating it as the owner, granting the app role")
-    asyncio.run(ensure_app_role())
-    asyncio.run(recreate_database(options.database))
-    migrate_output = run_sehat_command(["migrate"], {**environment, "SEHAT_DATABASE_APP_ROLE": APP_ROLE})
-    log_step(migrate_output)
+    wrk, load_generator_note = choose_load_generator(options.load_generator)
+    log_step(prepare_database(options.database, environment))
     log_step("creating an organization and two staff accounts through the services")
     asyncio.run(create_accounts(settings))
     # The servers connect as the application role, as in production: row-level security applies to them.
@@ -715,9 +696,7 @@ def main(arguments: list[str]) -> int:
             print(f"[bench] FAILED: {error}", file=sys.stderr)
             return 1
     print(render_report(results))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    output = RESULTS_DIR / "auth.json"
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    output = write_results("auth", results)
     print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
     return 0
 

@@ -7,6 +7,7 @@ Nothing here knows about a particular endpoint; a benchmark module (``bench/auth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -148,6 +149,24 @@ def run_sehat_command(arguments: Sequence[str], environment: Mapping[str, str], 
     if completed.returncode != 0:
         raise BenchmarkError(f"`sehat {' '.join(arguments)}` failed:\n{completed.stdout}{completed.stderr}")
     return completed.stdout.strip()
+
+
+def prepare_database(database: str, environment: Mapping[str, str]) -> str:
+    """Re-create ``database`` and migrate it as the owner (postgres), granting the application role its rights, as
+    an operator would; returns what ``sehat migrate`` printed."""
+    log_step(f"re-creating database {database}, migrating it as the owner, granting the app role")
+    asyncio.run(ensure_app_role())
+    asyncio.run(recreate_database(database))
+    owner = {**environment, "SEHAT_DATABASE_URL": owner_url(database), "SEHAT_DATABASE_APP_ROLE": APP_ROLE}
+    return run_sehat_command(["migrate"], owner)
+
+
+def write_results(name: str, results: Mapping[str, object]) -> Path:
+    """The figures as JSON in bench/results/NAME.json (git-ignored)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    output = RESULTS_DIR / f"{name}.json"
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    return output
 
 
 # --- the server under test -------------------------------------------------------------------------------
@@ -398,6 +417,21 @@ def ensure_wrk() -> tuple[str | None, str]:
         if found:
             return found, "installed with apt-get"
     return None, "apt-get could not install wrk"
+
+
+def choose_load_generator(choice: str) -> tuple[str | None, str]:
+    """wrk unless ``choice`` is "python" or wrk cannot be had (refused when ``choice`` is "wrk"): the binary,
+    or None for the asyncio client, and a line saying which for the report."""
+    if choice == "python":
+        return None, "python asyncio client, bench/loadgen.py (asked for with --load-generator python)"
+    wrk, how = ensure_wrk()
+    if wrk is None:
+        if choice == "wrk":
+            raise BenchmarkError(f"wrk is not available: {how}")
+        note = f"FALLBACK python asyncio client, bench/loadgen.py: {how}"
+        log_step(note)
+        return None, note
+    return wrk, f"{wrk_version(wrk)} ({how})"
 
 
 def wrk_version(wrk: str) -> str:

@@ -33,6 +33,8 @@ from sehat.identity.revocation import MemoryRevokedSessions, RedisRevokedSession
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.throttle import LoginThrottle
 from sehat.identity.tokens import AccessTokens, SigningKeys
+from sehat.patients import api as patients_api
+from sehat.patients.vault import PatientVault
 from sehat.settings import Settings
 from sehat.tenancy import api as tenancy_api
 from sehat.web import pages as web_pages
@@ -133,6 +135,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.auth = build_auth(settings, redis)
         await app.state.auth.revoked.start()
         app.state.audit = app.state.auth.audit
+        if getattr(app.state, "patient_vault", None) is None:  # a benchmark build may bring its own
+            app.state.patient_vault = PatientVault(app.state.auth.key_ring, phone_region=settings.default_phone_region)
         app.state.audit_chain = AuditChain(
             app.state.auth.key_ring, settings.audit_checkpoint_file, settings.audit_seal_settle_seconds
         )
@@ -221,5 +225,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity_api.router)
     app.include_router(tenancy_api.router)
     app.include_router(access_api.router)
+    app.include_router(patients_api.router)
     app.include_router(web_pages.router)
     return app

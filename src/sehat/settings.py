@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="Entries younger than this wait for the next sealing round"
     )
 
+    default_phone_region: str = Field(
+        default="IN",
+        pattern=r"^[A-Z]{2}$",
+        description="ISO 3166 country in which phone numbers typed without a +country code are read",
+    )
+    patient_invitation_hours: int = Field(default=72, ge=1, le=24 * 30, description="How long an invitation link works")
     break_glass_minutes: int = Field(default=60, ge=1, le=24 * 60, description="How long emergency access lasts")
     anomaly_bulk_patients: int = Field(
         default=50, ge=1, description="One person opening more distinct patients than this within the window is alerted"

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
-from sehat.core.crypto import DecryptionError, KeyRing
-from sehat.core.field_crypto import (
+from sehat.core.crypto import (
+    DecryptionError,
     FieldCipher,
+    KeyRing,
     new_data_key,
     open_field_cipher,
     rewrap_data_key,

@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -190,3 +192,34 @@ def _end(sync_session: Session, keep: bool) -> None:
 def driver_connection(sync_session: Session) -> Any:
     """The session's own database connection as the driver sees it (asyncpg's), for ``run_sync``."""
     return sync_session.connection().connection.driver_connection
+
+
+def _dialect_insert(session: AsyncSession, model: Any) -> Any:
+    # Both dialects spell ON CONFLICT alike, but SQLAlchemy gives each its own insert construct.
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert(model)
+    return sqlite_insert(model)
+
+
+async def insert_ignoring_conflicts(
+    session: AsyncSession, model: Any, values: dict[str, Any], conflict_columns: list[str]
+) -> None:
+    """``INSERT … ON CONFLICT DO NOTHING``: the row exists afterwards, whoever inserted it."""
+    statement = _dialect_insert(session, model).values(**values).on_conflict_do_nothing(index_elements=conflict_columns)
+    await session.execute(statement)
+
+
+async def next_counter_value(session: AsyncSession, model: Any, key: dict[str, Any], counter_column: str) -> int:
+    """Advance a counter row by one and return the new value in one statement, creating the row at 1.
+
+    The row lock it takes serializes issuers of the same counter until commit; a rolled-back value is
+    simply skipped, so numbers are unique and never reused (not gapless)."""
+    column = getattr(model, counter_column)
+    statement = (
+        _dialect_insert(session, model)
+        .values(**key, **{counter_column: 1})
+        .on_conflict_do_update(index_elements=list(key), set_={counter_column: column + 1})
+        .returning(column)
+    )
+    value: int = (await session.execute(statement)).scalar_one()
+    return value

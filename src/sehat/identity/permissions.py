@@ -29,6 +29,20 @@ AUDIT_READ = "audit.read"
 AUDIT_READ_OWN = "audit.read_own"
 BREAK_GLASS_USE = "break_glass.use"
 ALERT_READ = "alert.read"
+PATIENT_READ = "patient.read"
+# Without it, reading a patient's record needs one of the caller's facilities to be the patient's (or
+# break-glass); with it, the whole organization's registry is open to the role.
+PATIENT_READ_ALL_FACILITIES = "patient.read_all_facilities"
+PATIENT_WRITE = "patient.write"
+PATIENT_MERGE = "patient.merge"
+PATIENT_INVITE = "patient.invite"
+PATIENT_EXPORT = "patient.export"
+PATIENT_ERASE = "patient.erase"
+PATIENT_LEGAL_HOLD = "patient.legal_hold"
+# A patient reading and correcting their own profile (GET and PATCH /api/v1/me/patient).
+PATIENT_SELF = "patient.self"
+CONSENT_READ = "consent.read"
+CONSENT_WRITE = "consent.write"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -43,6 +57,17 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         AUDIT_READ_OWN,
         BREAK_GLASS_USE,
         ALERT_READ,
+        PATIENT_READ,
+        PATIENT_READ_ALL_FACILITIES,
+        PATIENT_WRITE,
+        PATIENT_MERGE,
+        PATIENT_INVITE,
+        PATIENT_EXPORT,
+        PATIENT_ERASE,
+        PATIENT_LEGAL_HOLD,
+        PATIENT_SELF,
+        CONSENT_READ,
+        CONSENT_WRITE,
     }
 )
 

@@ -59,7 +59,9 @@ class Desk:
 
 async def open_desk(api: Api, slug: str, roles: tuple[str, ...] = ("front_office", "doctor")) -> Desk:
     tenant = await build_tenant(api, slug, roles=roles)
-    return Desk(api, tenant, await api.headers_for(tenant.emails["front_office"]), await api.headers_for(tenant.admin_email))
+    return Desk(
+        api, tenant, await api.headers_for(tenant.emails["front_office"]), await api.headers_for(tenant.admin_email)
+    )
 
 
 @pytest.fixture

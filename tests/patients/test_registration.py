@@ -42,7 +42,9 @@ async def test_reading_a_patient_returns_the_fields_the_role_may_see_and_is_audi
     async with desk.api.unit_of_work() as session:
         actions = (
             await session.scalars(
-                select(AuditEvent.action).where(AuditEvent.patient_id == desk.patient_id(patient)).order_by(AuditEvent.id)
+                select(AuditEvent.action)
+                .where(AuditEvent.patient_id == desk.patient_id(patient))
+                .order_by(AuditEvent.id)
             )
         ).all()
     assert actions == ["patient.create", "patient.read", "patient.read"]

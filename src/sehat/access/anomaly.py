@@ -214,9 +214,7 @@ _PG_ACCESSES = (
 async def _patient_accesses(session: AsyncSession, after: int, upto: int) -> list[_Access]:
     if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
         connection = await session.run_sync(driver_connection)
-        rows = await connection.fetch(
-            _PG_ACCESSES, after, upto, sorted(PATIENT_ACCESS_ACTIONS), Outcome.success.value
-        )
+        rows = await connection.fetch(_PG_ACCESSES, after, upto, sorted(PATIENT_ACCESS_ACTIONS), Outcome.success.value)
         return [
             _Access(
                 chain_index=row["chain_index"],

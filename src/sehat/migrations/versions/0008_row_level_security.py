@@ -51,7 +51,9 @@ def upgrade() -> None:
         op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({own}) WITH CHECK ({own})")
     for table in ORGANIZATION_OR_PLATFORM:
         _force(table)
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({own} OR {_PLATFORM}) WITH CHECK ({own} OR {_PLATFORM})")
+        op.execute(
+            f"CREATE POLICY tenant_wall ON {table} USING ({own} OR {_PLATFORM}) WITH CHECK ({own} OR {_PLATFORM})"
+        )
     _force("organizations")
     op.execute(
         f"CREATE POLICY tenant_wall ON organizations USING (id = {_CURRENT_ORGANIZATION} OR {_PLATFORM}) "

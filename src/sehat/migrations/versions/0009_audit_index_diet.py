@@ -25,7 +25,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_audit_events_occurred_at", table_name="audit_events")
-    op.create_index(
-        "ix_audit_events_organization_id_occurred_at", "audit_events", ["organization_id", "occurred_at"]
-    )
+    op.create_index("ix_audit_events_organization_id_occurred_at", "audit_events", ["organization_id", "occurred_at"])
     op.create_index("ix_audit_events_action", "audit_events", ["action"])

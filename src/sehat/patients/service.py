@@ -454,6 +454,14 @@ async def update_patient(
     if status is not None:
         patient.status = status
     patient.updated_at = utcnow()
+    try:
+        # Now, before anything else is written: the UPDATE carries "WHERE version = <read>", and a concurrent
+        # writer that got there first makes it match no row.
+        await session.flush()
+    except StaleDataError:
+        raise PreconditionFailed(
+            "The patient changed since you read it; read it again.", code="version_mismatch"
+        ) from None
     merged = {**current, **values}
     if touched:
         await session.execute(
@@ -468,12 +476,7 @@ async def update_patient(
     _audit(
         audit_log, session, actor, PATIENT_UPDATE, patient, fields=sorted([*values, *(["status"] if status else [])])
     )
-    try:
-        await session.flush()
-    except StaleDataError:
-        raise PreconditionFailed(
-            "The patient changed since you read it; read it again.", code="version_mismatch"
-        ) from None
+    await session.flush()
     return PatientView(patient, {name: merged[name] for name in policy.visible_fields(actor) if name in merged})
 
 
@@ -543,8 +546,9 @@ def _search_key(vault: PatientVault, query: PatientSearch) -> tuple[IndexKind, s
             return kind, normalize_national_id(query.national_id_kind.value, query.national_id or "")
         return kind, normalize_name_and_birth_date(query.name or "", "", query.birth_date or date.min)
     except ValueError as exc:
+        # Named as the query parameters they came in, like the framework names its own query errors.
         field_name = {IndexKind.NAME_DOB: "name", IndexKind.NATIONAL_ID: "national_id"}.get(kind, kind.value)
-        raise _field_errors([(field_name, str(exc))]) from None
+        raise _field_errors([(f"query.{field_name}", str(exc))]) from None
 
 
 async def list_patients(
@@ -576,7 +580,7 @@ async def list_patients(
                         PatientKey.patient_id.in_([patient.id for patient in patients]),
                     )
                 )
-            ).tuples()
+            ).all()
         )
     views = []
     for patient in patients:

@@ -26,9 +26,12 @@ from sehat.identity import service as identity_service
 from sehat.identity.models import User
 from tests.conftest import PASSWORD, Tenant, build_tenant
 from tests.identity.test_permissions_as_data import DEFAULT_GRANTS
+from tests.patients.conftest import patient_body
 from tests.test_route_permissions import _api_routes, _declared
 
 DENIED = {401, 403}
+PATIENT_NAME = "Matrixpatient"
+PATIENT_PHONE = "+919812300001"
 TENANT_STAFF_ROLES = ("front_office", "doctor", "nurse", "billing", "auditor")
 
 
@@ -46,6 +49,7 @@ class FirstOrganization:
     tenant: Tenant
     department_id: uuid.UUID
     user_id: uuid.UUID
+    patient_id: uuid.UUID
 
     def path_ids(self) -> dict[str, uuid.UUID]:
         return {
@@ -53,6 +57,7 @@ class FirstOrganization:
             "facility_id": self.tenant.facility_ids[0],
             "department_id": self.department_id,
             "user_id": self.user_id,
+            "patient_id": self.patient_id,
         }
 
     def ids(self) -> set[str]:
@@ -81,6 +86,8 @@ def _bodies(first: FirstOrganization) -> dict[tuple[str, str], Callable[[], dict
             "timezone": "Asia/Karachi",
         },
         ("POST", "/api/v1/departments"): lambda: {"facility_id": facility, "name": "Matrix Ward", "code": _unique("D")},
+        ("POST", "/api/v1/patients"): lambda: patient_body(first.tenant, phone=None, email=None, national_id=None),
+        ("POST", "/api/v1/patients/{patient_id}/merge"): lambda: {"survivor_id": str(first.patient_id)},
         ("POST", "/api/v1/users"): lambda: {
             "email": f"{_unique('staff-')}@matrix.test",
             "full_name": "Matrix Staff",
@@ -130,7 +137,18 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
         json={"facility_id": str(tenant.facility_ids[0]), "name": "Alpha General Medicine", "code": "GM"},
     )
     assert department.status_code == 201, department.text
-    first = FirstOrganization(tenant, uuid.UUID(department.json()["id"]), await _user_id(api, tenant.emails["doctor"]))
+    patient = await api.client.post(
+        "/api/v1/patients",
+        headers=await api.headers_for(tenant.emails["front_office"]),
+        json=patient_body(tenant, given_name=PATIENT_NAME, phone=PATIENT_PHONE, email=None),
+    )
+    assert patient.status_code == 201, patient.text
+    first = FirstOrganization(
+        tenant,
+        uuid.UUID(department.json()["id"]),
+        await _user_id(api, tenant.emails["doctor"]),
+        uuid.UUID(patient.json()["id"]),
+    )
 
     async with api.unit_of_work() as session:
         await identity_service.create_platform_admin(
@@ -160,6 +178,8 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
         "Org alpha",
         "Alpha General Medicine",
         "@alpha.test",
+        PATIENT_NAME,
+        PATIENT_PHONE,
         *first.ids(),
     ]
     return first, callers, secrets

@@ -56,7 +56,6 @@ async def test_bad_input_names_the_field(desk: Desk) -> None:
         "birth_date": {"birth_date": "2999-01-01"},
         "sex": {"sex": "robot"},
         "given_name": {"given_name": "x" * 101},
-        "registering_facility_id": {"registering_facility_id": "00000000-0000-4000-8000-000000000000"},
     }
     for field, overrides in cases.items():
         response = await desk.api.client.post(
@@ -66,3 +65,13 @@ async def test_bad_input_names_the_field(desk: Desk) -> None:
         assert response.headers["content-type"] == "application/problem+json"
         assert field in [error["field"] for error in response.json()["errors"]], response.text
         assert "12345" not in response.text and "robot" not in response.text
+
+
+async def test_a_facility_outside_the_organization_is_not_found(desk: Desk) -> None:
+    response = await desk.api.client.post(
+        "/api/v1/patients",
+        headers=desk.front_office,
+        json=patient_body(desk.tenant, registering_facility_id="00000000-0000-4000-8000-000000000000"),
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "facility_not_found"

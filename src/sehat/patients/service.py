@@ -345,7 +345,8 @@ async def _ensure_facility(session: AsyncSession, actor: Actor, facility_id: uui
         scoped_select(Facility, actor).with_only_columns(Facility.id).where(Facility.id == facility_id, Facility.active)
     )
     if found is None:
-        raise _field_errors([("registering_facility_id", "no active facility with this id in your organization")])
+        # As for departments: a facility the caller cannot see is absent, whoever else it may belong to.
+        raise NotFound("Facility not found.", code="facility_not_found")
 
 
 async def create_patient(
@@ -415,6 +416,9 @@ async def update_patient(
         policy.ensure_can_write(actor)
     else:
         policy.ensure_is_own_patient(actor)
+    # Whether the patient is there for the caller is answered first, so nothing below tells a stranger more.
+    patient, wrapped = await _load(session, actor, patient_id)
+    await _ensure_may_open(session, actor, patient)
     if expected_version is None:
         raise Problem(
             "Send the version you read as If-Match, so a change made meanwhile is not overwritten.",
@@ -429,11 +433,6 @@ async def update_patient(
     cleared = sorted(name for name in _REQUIRED_FIELDS | {"status"} if name in changes and changes[name] is None)
     if cleared:
         raise _field_errors([(name, "this field is required and cannot be cleared") for name in cleared])
-    patient, wrapped = await _load(session, actor, patient_id)
-    if actor.audience is not Audience.patient:
-        await _ensure_may_open(session, actor, patient)
-    elif await own_patient_id(session, actor) != patient.id:
-        raise NotFound("Patient not found.", code="patient_not_found")
     if patient.status in (PatientStatus.merged, PatientStatus.erased):
         raise Conflict(f"A {patient.status} patient cannot be changed.", code=f"patient_{patient.status}")
     if patient.version != expected_version:
@@ -597,9 +596,9 @@ async def merge_patients(
     data and history and points to the survivor; a patient account linked to it moves to the survivor if the
     survivor has none."""
     policy.ensure_can_merge(actor)
+    duplicate, _ = await _load(session, actor, duplicate_id)
     if duplicate_id == request.survivor_id:
         raise _field_errors([("survivor_id", "a patient cannot be merged into itself")])
-    duplicate, _ = await _load(session, actor, duplicate_id)
     try:
         survivor, _ = await _load(session, actor, request.survivor_id)
     except NotFound:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,8 +81,15 @@ def test_help_lists_every_command() -> None:
     assert result.returncode == 0
     for command in ("serve", "migrate", "demo", "admin", "keys", "permissions"):
         assert command in result.stdout
-    for group, command in (("admin", "create-platform-admin"), ("keys", "rotate-signing"), ("permissions", "list")):
-        assert command in _sehat(dict(os.environ), group, "--help").stdout
+    for group, command in (
+        ("admin", "create-platform-admin"),
+        ("keys", "rotate-signing"),
+        ("keys", "rotate"),
+        ("keys", "status"),
+        ("permissions", "list"),
+    ):
+        # The whole name: "rotate" must be listed itself, not only inside "rotate-signing".
+        assert re.search(rf"\s{re.escape(command)}\s", _sehat(dict(os.environ), group, "--help").stdout)
 
 
 def test_serve_migrates_a_fresh_sqlite_database_and_answers_health_checks(cli_env: dict[str, str]) -> None:

@@ -33,7 +33,9 @@ from sehat.identity.revocation import MemoryRevokedSessions, RedisRevokedSession
 from sehat.identity.runtime import AuthRuntime
 from sehat.identity.throttle import LoginThrottle
 from sehat.identity.tokens import AccessTokens, SigningKeys
+from sehat.patients import accounts_api as patient_accounts_api
 from sehat.patients import api as patients_api
+from sehat.patients import rights_api as patients_rights_api
 from sehat.patients.vault import PatientVault
 from sehat.settings import Settings
 from sehat.tenancy import api as tenancy_api
@@ -42,7 +44,17 @@ from sehat.web import pages as web_pages
 log = structlog.get_logger("sehat.app")
 
 # Routes that need no token. Every other /api/v1 route must declare a permission (tests enforce it).
-PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/api/v1/auth/token", "/api/v1/auth/refresh"})
+PUBLIC_ROUTES = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/api/v1/auth/token",
+        "/api/v1/auth/refresh",
+        # Opening a patient account with an invitation, and signing up: nobody is signed in yet.
+        "/api/v1/patient-accounts",
+        "/api/v1/patient-registrations",
+    }
+)
 
 
 class SchemaNotReady(RuntimeError):
@@ -136,7 +148,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.auth.revoked.start()
         app.state.audit = app.state.auth.audit
         if getattr(app.state, "patient_vault", None) is None:  # a benchmark build may bring its own
-            app.state.patient_vault = PatientVault(app.state.auth.key_ring, phone_region=settings.default_phone_region)
+            app.state.patient_vault = PatientVault.for_settings(app.state.auth.key_ring, settings)
         app.state.audit_chain = AuditChain(
             app.state.auth.key_ring, settings.audit_checkpoint_file, settings.audit_seal_settle_seconds
         )
@@ -226,5 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenancy_api.router)
     app.include_router(access_api.router)
     app.include_router(patients_api.router)
+    app.include_router(patient_accounts_api.router)
+    app.include_router(patients_rights_api.router)
     app.include_router(web_pages.router)
     return app

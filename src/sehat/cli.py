@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -184,6 +185,160 @@ async def _rotate_signing(settings: Settings) -> str:
         await database.dispose()
 
 
+BatchSize = Annotated[int, typer.Option(min=1, max=50_000, help="Keys re-wrapped per transaction.")]
+
+
+@keys_app.command("rotate")
+def rotate_master_key(
+    batch_size: BatchSize = 1000,
+    new_key: Annotated[
+        bool | None,
+        typer.Option(
+            "--new-key/--no-new-key",
+            help="Generate a master key first in the key file (default in development with a key file); "
+            "--no-new-key resumes toward the current primary.",
+        ),
+    ] = None,
+    reseal: Annotated[
+        bool | None,
+        typer.Option(
+            "--reseal/--no-reseal",
+            help="Also re-seal signing keys, TOTP secrets and other ring-sealed values (default: unless this run "
+            "generated the key, which servers already running do not have).",
+        ),
+    ] = None,
+) -> None:
+    """Make a new master key primary and re-wrap every patient data key and index key under it, online."""
+    from sehat.core.crypto import KeyRingError, load_key_ring
+    from sehat.patients.rotation import add_primary_key
+
+    settings = _settings()
+    from_file = settings.master_key is None
+    may_generate = from_file and not settings.is_production
+    if new_key and not may_generate:
+        typer.secho(
+            "a master key is generated only in development with a key file: put the new key first in the ring of "
+            "every server, restart them, then run `sehat keys rotate` (docs/operations.md)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(2)
+    generate = may_generate if new_key is None else new_key
+    try:
+        key_ring = load_key_ring(settings)
+        if generate:
+            path = settings.default_master_key_path()
+            kid = add_primary_key(path)
+            key_ring = load_key_ring(settings)
+            typer.echo(f"new master key {kid} written first in {path} (mode 0600); older keys kept")
+        else:
+            source = "SEHAT_MASTER_KEY" if not from_file else str(settings.default_master_key_path())
+            typer.echo(
+                f"no key generated: re-wrapping toward {key_ring.primary_kid}, the first key of the ring in {source}; "
+                "every server must already run this ring"
+            )
+    except KeyRingError as exc:
+        typer.secho(f"key ring error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    # Servers already running do not have a key this run generated, and they open the ring-sealed values
+    # themselves (a TOTP secret at sign-in): re-sealing those waits for a run after they restarted.
+    do_reseal = not generate if reseal is None else reseal
+    complete = asyncio.run(_rotate_master_key(settings, key_ring, batch_size, reseal=do_reseal))
+    if not do_reseal:
+        typer.echo(
+            "signing keys, TOTP secrets and other values sealed under the ring were not re-sealed: once every "
+            "server runs the new ring (restart them; patient reads pick it up from the key file by themselves), "
+            "run `sehat keys rotate --no-new-key`"
+        )
+    if not complete:
+        raise typer.Exit(1)
+
+
+class _ProgressBar:
+    """A progress bar opened at the first report, when the total is known; plain text without a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: Any = None
+        self._shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = typer.progressbar(length=total, label=self._label, show_pos=True)
+            self._bar.__enter__()
+        self._bar.length = total  # grows when servers add keys under an old master key meanwhile
+        self._bar.update(done - self._shown)
+        self._shown = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+async def _rotate_master_key(settings: Settings, key_ring: Any, batch_size: int, *, reseal: bool) -> bool:
+    from sehat.core.db import Database, create_engine
+    from sehat.patients.rotation import key_usage, reseal_values, retirement_lines, rewrap_keys
+
+    database = Database(create_engine(settings))
+    progress = _ProgressBar(f"re-wrapping data keys under {key_ring.primary_kid}")
+    try:
+        try:
+            report = await rewrap_keys(database, key_ring, batch_size=batch_size, on_progress=progress)
+        finally:
+            progress.close()
+        typer.echo(
+            f"re-wrapped {report.rewrapped_patient_keys} patient data keys and {report.rewrapped_index_keys} "
+            f"organization index keys under {key_ring.primary_kid} in {report.seconds:.2f} s"
+        )
+        complete = not report.remaining
+        if report.remaining:
+            left = ", ".join(f"{kid} {count}" for kid, count in sorted(report.remaining.items()))
+            typer.secho(f"still under an older key: {left} (run again; `sehat keys status`)", fg=typer.colors.RED)
+        if reseal:
+            sealed = await reseal_values(database, key_ring)
+            done = ", ".join(f"{name} {count}" for name, count in sealed.resealed.items() if count) or "none needed"
+            typer.echo(f"re-sealed under {key_ring.primary_kid}: {done}")
+            for name, counts in sorted(sealed.remaining.items()):
+                complete = False
+                left = ", ".join(f"{kid} {count}" for kid, count in sorted(counts.items()))
+                typer.secho(f"{name} still sealed under an older key: {left}", fg=typer.colors.RED)
+        usage = await key_usage(database, key_ring, checkpoint_file=settings.audit_checkpoint_file)
+        for line in retirement_lines(usage):
+            typer.echo(line)
+        return complete
+    finally:
+        await database.dispose()
+
+
+@keys_app.command("status")
+def key_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Count what each master key still wraps or seals, and whether an old one can be retired."""
+    import orjson
+
+    from sehat.patients.rotation import status_lines
+
+    usage = asyncio.run(_key_usage(_settings()))
+    if as_json:
+        typer.echo(orjson.dumps(usage.as_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return
+    for line in status_lines(usage):
+        typer.echo(line)
+
+
+async def _key_usage(settings: Settings) -> Any:
+    from sehat.core.crypto import load_key_ring
+    from sehat.core.db import Database, create_engine
+    from sehat.patients.rotation import key_usage
+
+    database = Database(create_engine(settings))
+    try:
+        return await key_usage(database, load_key_ring(settings), checkpoint_file=settings.audit_checkpoint_file)
+    finally:
+        await database.dispose()
+
+
 @permissions_app.command("list")
 def list_permissions() -> None:
     """Print each role with the permissions the database grants it (servers reload them periodically)."""
@@ -259,6 +414,65 @@ async def _audit(settings: Settings, *, verify: bool) -> Any:
     try:
         # A one-off pass from the command line starts with no floor, so it scans the whole table.
         return await (chain.verify(database) if verify else chain.seal_pass(database))
+    finally:
+        await database.dispose()
+
+
+patients_app = typer.Typer(help="Patient data kept erased across backups and restores.", no_args_is_help=True)
+app.add_typer(patients_app, name="patients")
+
+
+@patients_app.command("erasure-ledger")
+def patients_erasure_ledger() -> None:
+    """Print every erased patient as JSON lines (organization id, patient id, erasure time; no patient data).
+    Store the output outside the database backups, and replay it after any restore."""
+    for line in asyncio.run(_erasure_ledger(_settings())):
+        typer.echo(line)
+
+
+async def _erasure_ledger(settings: Settings) -> list[str]:
+    from sehat.core.db import Database, create_engine
+    from sehat.patients.erasure import erasure_ledger, ledger_lines
+
+    database = Database(create_engine(settings))
+    try:
+        return list(ledger_lines(await erasure_ledger(database)))
+    finally:
+        await database.dispose()
+
+
+@patients_app.command("replay-erasures")
+def patients_replay_erasures(
+    ledger: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A file `erasure-ledger` wrote.")
+    ],
+) -> None:
+    """After restoring a backup, before serving traffic: erase again every listed patient the restore brought
+    back (data keys, search index entries, encrypted fields, consent evidence, accounts). Safe to repeat."""
+    from sehat.core.errors import Problem
+    from sehat.patients.erasure import parse_ledger
+
+    try:
+        entries = parse_ledger(ledger.read_text().splitlines())
+    except Problem as problem:
+        typer.secho(f"refused: {problem.detail}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from problem
+    result = asyncio.run(_replay_erasures(_settings(), entries))
+    typer.echo(
+        f"{result.listed} erasures listed, {result.present} of those patients present, "
+        f"{len(result.reapplied)} erased again"
+    )
+
+
+async def _replay_erasures(settings: Settings, entries: list[Any]) -> Any:
+    from sehat.core.audit import AuditLog
+    from sehat.core.crypto import load_key_ring
+    from sehat.core.db import Database, create_engine
+    from sehat.patients.erasure import replay_erasures
+
+    database = Database(create_engine(settings))
+    try:
+        return await replay_erasures(database, AuditLog(load_key_ring(settings)), entries)
     finally:
         await database.dispose()
 

@@ -88,6 +88,14 @@ def _bodies(first: FirstOrganization) -> dict[tuple[str, str], Callable[[], dict
         ("POST", "/api/v1/departments"): lambda: {"facility_id": facility, "name": "Matrix Ward", "code": _unique("D")},
         ("POST", "/api/v1/patients"): lambda: patient_body(first.tenant, phone=None, email=None, national_id=None),
         ("POST", "/api/v1/patients/{patient_id}/merge"): lambda: {"survivor_id": str(first.patient_id)},
+        ("POST", "/api/v1/patients/{patient_id}/consents"): lambda: {
+            "kind": "treatment",
+            "granted": True,
+            "evidence_kind": "checkbox",
+            "evidence": "I agree to be treated.",
+        },
+        ("PUT", "/api/v1/patients/{patient_id}/legal-hold"): lambda: {"reason": "Matrix hold"},
+        ("POST", "/api/v1/patients/{patient_id}/erase"): lambda: {"reason": "other"},
         ("POST", "/api/v1/users"): lambda: {
             "email": f"{_unique('staff-')}@matrix.test",
             "full_name": "Matrix Staff",
@@ -185,9 +193,10 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
     return first, callers, secrets
 
 
-def _walk_order(route: APIRoute) -> tuple[bool, str]:
+def _walk_order(route: APIRoute) -> tuple[bool, bool, str]:
     # Logging out ends the caller's session, so it goes last: every other route still gets a live token.
-    return route.path == "/api/v1/auth/logout", route.path
+    # Erasure goes just before it, so every other patient route meets the patient whole.
+    return route.path == "/api/v1/auth/logout", route.path.endswith("/erase"), route.path
 
 
 def _fill_path(path: str, first: FirstOrganization) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, status
@@ -14,6 +15,8 @@ from sehat.access.schemas import (
     AuditEventRead,
     BreakGlassCreate,
     BreakGlassRead,
+    PatientAccessLogEntryRead,
+    PatientAccessLogQuery,
 )
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
@@ -102,3 +105,19 @@ async def my_access_log(
     is linked to your patient record."""
     items, next_cursor = await service.list_own_access_log(session, audit_log, actor, query)
     return Page[AccessLogEntryRead](items=items, next_cursor=next_cursor)
+
+
+@router.get("/patients/{patient_id}/access-log", response_model=Page[PatientAccessLogEntryRead], tags=["audit"])
+async def patient_access_log(
+    patient_id: uuid.UUID,
+    query: Annotated[PatientAccessLogQuery, Query()],
+    actor: Auditor,
+    session: Session,
+    audit_log: Annotated[AuditLog, Depends(get_audit_log)],
+) -> Page[PatientAccessLogEntryRead]:
+    """Who accessed this patient's record, newest first: when, what in plain words (refused and failed
+    attempts included), the person's name, roles and id, or "sehat (automatic)". Narrow it with `from`
+    (inclusive) and `to` (exclusive); follow `next_cursor` for older entries. This read is itself recorded
+    (`audit.read_patient_log`), and the patient sees it in their own log."""
+    items, next_cursor = await service.list_patient_access_log(session, audit_log, actor, patient_id, query)
+    return Page[PatientAccessLogEntryRead](items=items, next_cursor=next_cursor)

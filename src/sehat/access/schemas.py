@@ -62,6 +62,11 @@ class AccessLogQuery(TimeWindowQuery):
     caller's own, never a parameter, so no value in the query can point the read at someone else."""
 
 
+class PatientAccessLogQuery(TimeWindowQuery):
+    """The query string of ``GET /patients/{patient_id}/access-log``: the time window and paging only; the
+    patient is named by the path."""
+
+
 class AccessLogEntryRead(OutputModel):
     """One access to a patient's record as the patient sees it: when, what, by whom, and whether it was
     allowed. Addresses, request ids, entry ids and details stay with the auditors."""
@@ -75,6 +80,13 @@ class AccessLogEntryRead(OutputModel):
     # The roles held at the time of the access, which may differ from the person's roles today.
     actor_roles: list[str]
     outcome: Outcome
+
+
+class PatientAccessLogEntryRead(AccessLogEntryRead):
+    """One access to a patient's record as the organization's auditors see it: worded for staff ("viewed the
+    patient's record"), with the acting person's id to follow them through ``/audit-events``."""
+
+    actor_id: uuid.UUID | None
 
 
 class AuditEventRead(OutputModel):

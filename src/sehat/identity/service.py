@@ -512,6 +512,35 @@ async def create_platform_admin(
     return _to_read(user, [])
 
 
+# Patient accounts carry this instead of a name: the patient's name lives only in the vault, encrypted.
+PATIENT_ACCOUNT_NAME = "Patient"
+
+
+async def create_patient_account(
+    session: AsyncSession,
+    auth: AuthRuntime,
+    organization_id: uuid.UUID,
+    email: str,
+    password: str,
+    *,
+    patient_id: uuid.UUID | None,
+) -> User:
+    """A patient's sign-in account (role ``patient``), linked to their record or, for a self-registration
+    waiting to be matched, not yet. The patient domain decides who may open one; this only stores it."""
+    _check_password(auth, password)
+    user = User(
+        id=uuid.uuid4(),
+        organization_id=organization_id,
+        email=normalize_email(email),
+        full_name=PATIENT_ACCOUNT_NAME,
+        roles=[Role.patient.value],
+        password_hash=await auth.passwords.hash_async(password),
+        patient_id=patient_id,
+    )
+    await _add_user(session, user)
+    return user
+
+
 async def _get_scoped_user(session: AsyncSession, actor: Actor, user_id: uuid.UUID) -> User:
     user = await session.scalar(scoped_select(User, actor).where(User.id == user_id))  # type: ignore[type-var]
     if user is None:

@@ -663,3 +663,101 @@ def summarize(view: PatientView) -> PatientSummary:
         merged_into_id=patient.merged_into_id,
         **{name: view.values.get(name) for name in policy.SUMMARY_FIELDS},
     )
+
+
+# --- for patient accounts (patients/accounts.py) -----------------------------------------------------------
+
+
+def normalize_contact(vault: PatientVault, values: dict[str, Any]) -> dict[str, Any]:
+    """Contact details as the registry stores them (phone in E.164, e-mail lower-cased); 422 naming the field."""
+    return _normalized(vault, values)
+
+
+async def load_for_account(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
+    """A patient the caller may give an online account to: one they may open without emergency access
+    (break-glass is for care, not for handing out accounts), neither merged nor erased."""
+    patient, _ = await _load(session, actor, patient_id)
+    if await _ensure_may_open(session, actor, patient):
+        raise Problem(
+            "This patient is registered outside your facilities.",
+            status=403,
+            title="Forbidden",
+            code="outside_your_facilities",
+        )
+    if patient.status in (PatientStatus.merged, PatientStatus.erased):
+        raise Conflict(f"A {patient.status} patient cannot have an account.", code=f"patient_{patient.status}")
+    return patient
+
+
+@dataclass
+class Candidate:
+    """A patient whose blind indexes match details someone typed, and by which of them."""
+
+    view: PatientView
+    matched_on: list[IndexKind]
+
+
+_CANDIDATE_KINDS = (IndexKind.PHONE, IndexKind.NAME_DOB)
+
+
+async def find_candidates(
+    session: AsyncSession,
+    vault: PatientVault,
+    audit_log: AuditLog,
+    actor: Actor,
+    wanted: Sequence[dict[str, Any]],
+    *,
+    via: str,
+) -> list[list[Candidate]]:
+    """For each set of typed details (normalized ``phone``, ``given_name``, ``family_name``, ``birth_date``), the
+    patients whose phone, or name and birth date, match exactly. One index lookup serves all of them; only the
+    patients found are decrypted (summaries), each audited once as a read. Merged records are left out: nothing
+    may link to them. The caller has checked that the actor may see candidates."""
+    organization_id = actor.organization_id
+    assert organization_id is not None
+    key = await vault.index_key(session, organization_id)
+    wanted_entries: list[set[tuple[str, bytes]]] = []
+    for values in wanted:
+        entries: set[tuple[str, bytes]] = set()
+        for kind in _CANDIDATE_KINDS:
+            try:
+                indexed = _index_values(values, (kind,))
+            except (KeyError, ValueError):
+                continue  # a detail missing or not indexable finds nobody by that key
+            entries.update((kind.value, blind_index(key, kind, value)) for _, value in indexed)
+        wanted_entries.append(entries)
+    every_digest = {digest for entries in wanted_entries for _, digest in entries}
+    if not every_digest:
+        return [[] for _ in wanted]
+    rows = (
+        await session.execute(
+            scoped_select(Patient, actor)
+            .add_columns(PatientKey.wrapped_key, PatientSearchEntry.kind, PatientSearchEntry.digest)
+            .join(PatientSearchEntry, PatientSearchEntry.patient_id == Patient.id)
+            .outerjoin(PatientKey, PatientKey.patient_id == Patient.id)
+            .where(
+                PatientSearchEntry.organization_id == organization_id,
+                PatientSearchEntry.kind.in_([kind.value for kind in _CANDIDATE_KINDS]),
+                PatientSearchEntry.digest.in_(every_digest),
+                Patient.status != PatientStatus.merged.value,
+            )
+            .order_by(Patient.created_at, Patient.id)
+            .limit(_SEARCH_LIMIT * len(wanted))
+        )
+    ).all()
+    views: dict[uuid.UUID, PatientView] = {}
+    found: dict[uuid.UUID, set[tuple[str, bytes]]] = {}
+    for patient, wrapped, kind, digest in rows:
+        if patient.id not in views:
+            values = await _open(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS)
+            views[patient.id] = PatientView(patient, values)
+            _audit(audit_log, session, actor, PATIENT_READ, patient, via=via)
+        found.setdefault(patient.id, set()).add((kind, digest))
+    return [
+        [
+            Candidate(view, sorted(IndexKind(kind) for kind, _ in found[patient_id] & entries))
+            for patient_id, view in views.items()
+            if found[patient_id] & entries
+        ]
+        for entries in wanted_entries
+    ]

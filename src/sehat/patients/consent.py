@@ -47,8 +47,8 @@ async def open_patient(
     """The patient, its wrapped key and whether only break-glass lets the caller in. Another organization's
     patient, and for a patient token anyone but themselves, is 404; staff outside the patient's facilities
     get the registry's 403 unless they hold emergency access."""
-    patient, wrapped = await service._load(session, actor, patient_id)
-    emergency = await service._ensure_may_open(session, actor, patient)
+    patient, wrapped = await service.load_patient(session, actor, patient_id)
+    emergency = await service.ensure_may_open(session, actor, patient)
     return patient, wrapped, emergency
 
 
@@ -62,9 +62,9 @@ async def patient_cipher(
 ) -> FieldCipher | None:
     """The patient's cipher, None once erased; a key that does not open fails the request as the registry does."""
     try:
-        return service._cipher(vault, patient, wrapped)
+        return service.patient_cipher(vault, patient, wrapped)
     except DecryptionError:
-        await service._unreadable(session, audit_log, actor, patient)
+        await service.fail_unreadable(session, audit_log, actor, patient)
 
 
 def _seal_evidence(cipher: FieldCipher, consent: PatientConsent, evidence: str) -> bytes:
@@ -138,7 +138,7 @@ async def read_history(
             try:
                 evidence = _open_evidence(cipher, consent)
             except DecryptionError:
-                await service._unreadable(session, audit_log, actor, patient)
+                await service.fail_unreadable(session, audit_log, actor, patient)
         history.append(_read(consent, evidence))
     return history
 
@@ -172,7 +172,7 @@ async def record_consent(
     )
     consent.evidence = _seal_evidence(cipher, consent, request.evidence)
     session.add(consent)
-    service._audit(
+    service.audit_access(
         audit_log,
         session,
         actor,
@@ -194,7 +194,7 @@ async def list_consents(
     patient, wrapped, emergency = await open_patient(session, actor, patient_id)
     history = await read_history(session, vault, audit_log, actor, patient, wrapped)
     current = _current_of((item.kind.value, item.granted, item.recorded_at, item.recorded_by_id) for item in history)
-    service._audit(
+    service.audit_access(
         audit_log,
         session,
         actor,

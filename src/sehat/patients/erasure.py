@@ -103,7 +103,7 @@ async def place_legal_hold(
     """Hold the patient's data against erasure. Placing it again replaces the reason and keeps the date the
     hold began."""
     policy.ensure_can_hold(actor)
-    patient, _ = await service._load(session, actor, patient_id)
+    patient, _ = await service.load_patient(session, actor, patient_id)
     if patient.status == PatientStatus.erased:
         raise Conflict("An erased patient holds nothing to keep.", code="patient_erased")
     renewed = patient.legal_hold_since is not None
@@ -113,7 +113,7 @@ async def place_legal_hold(
     # outlives an erasure the hold was later lifted for) and bound to this row.
     patient.legal_hold_reason_sealed = key_ring.seal(request.reason.encode(), hold_reason_place(patient))
     patient.updated_at = now
-    service._audit(audit_log, session, actor, HOLD_PLACE_ACTION, patient, renewed=renewed)
+    service.audit_access(audit_log, session, actor, HOLD_PLACE_ACTION, patient, renewed=renewed)
     await _flush_versioned(session)
     return patient
 
@@ -121,13 +121,13 @@ async def place_legal_hold(
 async def lift_legal_hold(session: AsyncSession, audit_log: AuditLog, actor: Actor, patient_id: uuid.UUID) -> Patient:
     """Lift the hold; lifting one that is not there changes nothing (and is recorded as such)."""
     policy.ensure_can_hold(actor)
-    patient, _ = await service._load(session, actor, patient_id)
+    patient, _ = await service.load_patient(session, actor, patient_id)
     was_held = patient.legal_hold_since is not None
     if was_held:
         patient.legal_hold_since = None
         patient.legal_hold_reason_sealed = None
         patient.updated_at = utcnow()
-    service._audit(audit_log, session, actor, HOLD_LIFT_ACTION, patient, was_held=was_held)
+    service.audit_access(audit_log, session, actor, HOLD_LIFT_ACTION, patient, was_held=was_held)
     await _flush_versioned(session)
     return patient
 
@@ -253,7 +253,7 @@ async def erase_patient(
     policy.ensure_can_erase(actor)
     organization_id = actor.organization_id
     assert organization_id is not None
-    patient, _ = await service._load(session, actor, patient_id)
+    patient, _ = await service.load_patient(session, actor, patient_id)
     if patient.status == PatientStatus.erased:
         raise Conflict("This patient has already been erased.", code="patient_erased")
     family = await _merged_family(session, actor, patient)
@@ -279,7 +279,7 @@ async def erase_patient(
             details["reference"] = request.reference
         if member is not patient:
             details["erased_with"] = str(patient.id)
-        service._audit(audit_log, session, actor, ERASE_ACTION, member, **details)
+        service.audit_access(audit_log, session, actor, ERASE_ACTION, member, **details)
     await session.flush()
     return patient
 

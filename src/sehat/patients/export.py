@@ -122,7 +122,7 @@ async def export_patient(
             title="Forbidden",
             code="outside_your_facilities",
         )
-    values = await service._open(session, vault, audit_log, actor, patient, wrapped, ENCRYPTED_FIELDS)
+    values = await service.open_fields(session, vault, audit_log, actor, patient, wrapped, ENCRYPTED_FIELDS)
     merged_from_ids = list(
         (
             await session.scalars(
@@ -146,7 +146,7 @@ async def export_patient(
     ).all()
     # Read before this export's own entry is added: the copy lists the accesses that came before it.
     accesses = await _accesses(session, actor, patient.id, [account.id for account in accounts])
-    service._audit(audit_log, session, actor, PATIENT_EXPORT, patient)
+    service.audit_access(audit_log, session, actor, PATIENT_EXPORT, patient)
     return PatientExport(
         exported_at=utcnow(),
         patient=full_record(patient, values),

@@ -111,7 +111,7 @@ def _from_plain(name: str, raw: bytes) -> Any:
     return raw.decode()
 
 
-def _encrypt_into(cipher: FieldCipher, patient: Patient, values: dict[str, Any]) -> None:
+def encrypt_fields(cipher: FieldCipher, patient: Patient, values: dict[str, Any]) -> None:
     for name, value in values.items():
         ciphertext = None
         if value is not None:
@@ -146,7 +146,7 @@ def _field_errors(errors: list[tuple[str, str]]) -> InvalidInput:
     )
 
 
-def _normalized(vault: PatientVault, values: dict[str, Any]) -> dict[str, Any]:
+def normalized_fields(vault: PatientVault, values: dict[str, Any]) -> dict[str, Any]:
     """Phone numbers in E.164, e-mail lower-cased, national ids without spaces or dashes. Errors name the
     field and never repeat the value."""
     errors: list[tuple[str, str]] = []
@@ -182,7 +182,7 @@ def _normalized(vault: PatientVault, values: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _index_values(values: dict[str, Any], kinds: Iterable[IndexKind]) -> list[tuple[IndexKind, str]]:
+def index_values(values: dict[str, Any], kinds: Iterable[IndexKind]) -> list[tuple[IndexKind, str]]:
     """The normalized value each blind index of ``kinds`` is computed over, for the kinds with a value."""
     indexed: list[tuple[IndexKind, str]] = []
     for kind in kinds:
@@ -217,7 +217,7 @@ def _search_entries(
 # --- auditing and failures ---------------------------------------------------------------------------------
 
 
-def _audit(
+def audit_access(
     audit_log: AuditLog,
     session: AsyncSession,
     actor: Actor,
@@ -240,7 +240,7 @@ def _audit(
     )
 
 
-async def _unreadable(session: AsyncSession, audit_log: AuditLog, actor: Actor, patient: Patient) -> NoReturn:
+async def fail_unreadable(session: AsyncSession, audit_log: AuditLog, actor: Actor, patient: Patient) -> NoReturn:
     """A ciphertext or wrapped key that does not open: tampering, a wrong key, or a bug. Never garbage data,
     never a partial record; the alert and the failed access are kept although the request fails."""
     log.error("patient_data_unreadable", patient_id=str(patient.id))
@@ -256,14 +256,14 @@ async def _unreadable(session: AsyncSession, audit_log: AuditLog, actor: Actor, 
             created_at=utcnow(),
         )
     )
-    _audit(audit_log, session, actor, PATIENT_READ, patient, Outcome.failure, reason="decryption_failed")
+    audit_access(audit_log, session, actor, PATIENT_READ, patient, Outcome.failure, reason="decryption_failed")
     raise InternalError("Something went wrong on our side; it has been logged.", keep_changes=True)
 
 
 # --- loading and access ------------------------------------------------------------------------------------
 
 
-async def _load(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> tuple[Patient, bytes | None]:
+async def load_patient(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> tuple[Patient, bytes | None]:
     row = (
         await session.execute(
             scoped_select(Patient, actor)
@@ -277,7 +277,7 @@ async def _load(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> t
     return row[0], row[1]
 
 
-def _cipher(vault: PatientVault, patient: Patient, wrapped: bytes | None) -> FieldCipher | None:
+def patient_cipher(vault: PatientVault, patient: Patient, wrapped: bytes | None) -> FieldCipher | None:
     """The patient's cipher, or None for an erased patient (no key left to open). Raises DecryptionError."""
     if wrapped is None:
         return None
@@ -294,7 +294,7 @@ async def own_patient_id(session: AsyncSession, actor: Actor) -> uuid.UUID:
     return patient_id
 
 
-async def _ensure_may_open(session: AsyncSession, actor: Actor, patient: Patient) -> bool:
+async def ensure_may_open(session: AsyncSession, actor: Actor, patient: Patient) -> bool:
     """Whether the caller may open this patient; returns True when only break-glass lets them."""
     if actor.audience is Audience.patient:
         if await own_patient_id(session, actor) != patient.id:
@@ -319,7 +319,7 @@ async def _ensure_may_open(session: AsyncSession, actor: Actor, patient: Patient
     )
 
 
-async def _open(
+async def open_fields(
     session: AsyncSession,
     vault: PatientVault,
     audit_log: AuditLog,
@@ -329,12 +329,12 @@ async def _open(
     names: Iterable[str],
 ) -> dict[str, Any]:
     try:
-        cipher = _cipher(vault, patient, wrapped)
+        cipher = patient_cipher(vault, patient, wrapped)
         if cipher is None:
             return {}
         return _decrypt(cipher, patient, names)
     except DecryptionError:
-        await _unreadable(session, audit_log, actor, patient)
+        await fail_unreadable(session, audit_log, actor, patient)
 
 
 # --- the operations ----------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ async def create_patient(
     organization_id = actor.organization_id
     assert organization_id is not None
     await _ensure_facility(session, actor, request.registering_facility_id)
-    values = _normalized(vault, request.model_dump(mode="python", exclude={"registering_facility_id"}))
+    values = normalized_fields(vault, request.model_dump(mode="python", exclude={"registering_facility_id"}))
     values["mrn"] = format_mrn(
         await next_counter_value(session, MrnCounter, {"organization_id": organization_id}, "last_value")
     )
@@ -371,14 +371,14 @@ async def create_patient(
         created_at=now,
         updated_at=now,
     )
-    _encrypt_into(cipher, patient, values)
+    encrypt_fields(cipher, patient, values)
     index_key = await vault.index_key(session, organization_id)
     session.add(patient)
     # Flushed first: the key and the index entries reference it, and no relationship orders them.
     await session.flush()
     session.add(key_row)
-    session.add_all(_search_entries(organization_id, patient_id, index_key, _index_values(values, IndexKind)))
-    _audit(audit_log, session, actor, PATIENT_CREATE, patient)
+    session.add_all(_search_entries(organization_id, patient_id, index_key, index_values(values, IndexKind)))
+    audit_access(audit_log, session, actor, PATIENT_CREATE, patient)
     await session.flush()
     return PatientView(patient, values)
 
@@ -388,10 +388,10 @@ async def get_patient(
 ) -> PatientView:
     if actor.audience is not Audience.patient:
         policy.ensure_can_read(actor)
-    patient, wrapped = await _load(session, actor, patient_id)
-    emergency = await _ensure_may_open(session, actor, patient)
-    values = await _open(session, vault, audit_log, actor, patient, wrapped, policy.visible_fields(actor))
-    _audit(audit_log, session, actor, PATIENT_READ, patient, **({"break_glass": True} if emergency else {}))
+    patient, wrapped = await load_patient(session, actor, patient_id)
+    emergency = await ensure_may_open(session, actor, patient)
+    values = await open_fields(session, vault, audit_log, actor, patient, wrapped, policy.visible_fields(actor))
+    audit_access(audit_log, session, actor, PATIENT_READ, patient, **({"break_glass": True} if emergency else {}))
     return PatientView(patient, values, via_emergency_access=emergency)
 
 
@@ -417,8 +417,8 @@ async def update_patient(
     else:
         policy.ensure_is_own_patient(actor)
     # Whether the patient is there for the caller is answered first, so nothing below tells a stranger more.
-    patient, wrapped = await _load(session, actor, patient_id)
-    await _ensure_may_open(session, actor, patient)
+    patient, wrapped = await load_patient(session, actor, patient_id)
+    await ensure_may_open(session, actor, patient)
     if expected_version is None:
         raise Problem(
             "Send the version you read as If-Match, so a change made meanwhile is not overwritten.",
@@ -438,18 +438,18 @@ async def update_patient(
     if patient.version != expected_version:
         raise PreconditionFailed("The patient changed since you read it; read it again.", code="version_mismatch")
     status = changes.pop("status", None)
-    values = _normalized(vault, changes)
+    values = normalized_fields(vault, changes)
     touched = {kind for kind, names in _INDEXED_BY.items() if set(names) & set(values)}
     # Index values may combine changed and unchanged fields (name and birth date): read what is needed.
     needed = set(policy.visible_fields(actor)) | {name for kind in touched for name in _INDEXED_BY[kind]}
     try:
-        cipher = _cipher(vault, patient, wrapped)
+        cipher = patient_cipher(vault, patient, wrapped)
         if cipher is None:
             raise Conflict("An erased patient cannot be changed.", code="patient_erased")
         current = _decrypt(cipher, patient, needed - set(values))
     except DecryptionError:
-        await _unreadable(session, audit_log, actor, patient)
-    _encrypt_into(cipher, patient, values)
+        await fail_unreadable(session, audit_log, actor, patient)
+    encrypt_fields(cipher, patient, values)
     if status is not None:
         patient.status = status
     patient.updated_at = utcnow()
@@ -471,8 +471,8 @@ async def update_patient(
             )
         )
         index_key = await vault.index_key(session, patient.organization_id)
-        session.add_all(_search_entries(patient.organization_id, patient.id, index_key, _index_values(merged, touched)))
-    _audit(
+        session.add_all(_search_entries(patient.organization_id, patient.id, index_key, index_values(merged, touched)))
+    audit_access(
         audit_log, session, actor, PATIENT_UPDATE, patient, fields=sorted([*values, *(["status"] if status else [])])
     )
     await session.flush()
@@ -504,11 +504,13 @@ async def search_patients(
         )
     ).all()
     views = [
-        PatientView(patient, await _open(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS))
+        PatientView(
+            patient, await open_fields(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS)
+        )
         for patient, wrapped in rows
     ]
     for view in views:
-        _audit(audit_log, session, actor, PATIENT_READ, view.patient, via="search")
+        audit_access(audit_log, session, actor, PATIENT_READ, view.patient, via="search")
     if not views:
         audit_log.record(
             session,
@@ -583,9 +585,11 @@ async def list_patients(
         )
     views = []
     for patient in patients:
-        values = await _open(session, vault, audit_log, actor, patient, keys.get(patient.id), policy.SUMMARY_FIELDS)
+        values = await open_fields(
+            session, vault, audit_log, actor, patient, keys.get(patient.id), policy.SUMMARY_FIELDS
+        )
         views.append(PatientView(patient, values))
-        _audit(audit_log, session, actor, PATIENT_READ, patient, via="list")
+        audit_access(audit_log, session, actor, PATIENT_READ, patient, via="list")
     return views, next_cursor
 
 
@@ -596,11 +600,11 @@ async def merge_patients(
     data and history and points to the survivor; a patient account linked to it moves to the survivor if the
     survivor has none."""
     policy.ensure_can_merge(actor)
-    duplicate, _ = await _load(session, actor, duplicate_id)
+    duplicate, _ = await load_patient(session, actor, duplicate_id)
     if duplicate_id == request.survivor_id:
         raise _field_errors([("survivor_id", "a patient cannot be merged into itself")])
     try:
-        survivor, _ = await _load(session, actor, request.survivor_id)
+        survivor, _ = await load_patient(session, actor, request.survivor_id)
     except NotFound:
         raise _field_errors([("survivor_id", "no patient with this id")]) from None
     for patient in (duplicate, survivor):
@@ -618,8 +622,8 @@ async def merge_patients(
             .where(User.organization_id == actor.organization_id, User.patient_id == duplicate.id)
             .values(patient_id=survivor.id)
         )
-    _audit(audit_log, session, actor, PATIENT_MERGE, duplicate, survivor_id=str(survivor.id))
-    _audit(audit_log, session, actor, PATIENT_MERGE, survivor, duplicate_id=str(duplicate.id))
+    audit_access(audit_log, session, actor, PATIENT_MERGE, duplicate, survivor_id=str(survivor.id))
+    audit_access(audit_log, session, actor, PATIENT_MERGE, survivor, duplicate_id=str(duplicate.id))
     await session.flush()
     return duplicate
 
@@ -670,14 +674,14 @@ def summarize(view: PatientView) -> PatientSummary:
 
 def normalize_contact(vault: PatientVault, values: dict[str, Any]) -> dict[str, Any]:
     """Contact details as the registry stores them (phone in E.164, e-mail lower-cased); 422 naming the field."""
-    return _normalized(vault, values)
+    return normalized_fields(vault, values)
 
 
 async def load_for_account(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
     """A patient the caller may give an online account to: one they may open without emergency access
     (break-glass is for care, not for handing out accounts), neither merged nor erased."""
-    patient, _ = await _load(session, actor, patient_id)
-    if await _ensure_may_open(session, actor, patient):
+    patient, _ = await load_patient(session, actor, patient_id)
+    if await ensure_may_open(session, actor, patient):
         raise Problem(
             "This patient is registered outside your facilities.",
             status=403,
@@ -721,7 +725,7 @@ async def find_candidates(
         entries: set[tuple[str, bytes]] = set()
         for kind in _CANDIDATE_KINDS:
             try:
-                indexed = _index_values(values, (kind,))
+                indexed = index_values(values, (kind,))
             except (KeyError, ValueError):
                 continue  # a detail missing or not indexable finds nobody by that key
             entries.update((kind.value, blind_index(key, kind, value)) for _, value in indexed)
@@ -749,9 +753,9 @@ async def find_candidates(
     found: dict[uuid.UUID, set[tuple[str, bytes]]] = {}
     for patient, wrapped, kind, digest in rows:
         if patient.id not in views:
-            values = await _open(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS)
+            values = await open_fields(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS)
             views[patient.id] = PatientView(patient, values)
-            _audit(audit_log, session, actor, PATIENT_READ, patient, via=via)
+            audit_access(audit_log, session, actor, PATIENT_READ, patient, via=via)
         found.setdefault(patient.id, set()).add((kind, digest))
     return [
         [

@@ -190,6 +190,17 @@ def test_demo_prints_its_accounts_and_they_sign_in_with_their_second_factor(cli_
         headers = {"Authorization": f"Bearer {doctor.json()['access_token']}"}
         facilities = httpx.get(f"{base}/api/v1/facilities", headers=headers).json()["items"]
         assert sorted(f["timezone"] for f in facilities) == ["Asia/Karachi", "Europe/London"]
+        # The registry has patients, found by phone, and the demo patient's account opens its own record.
+        found = httpx.get(f"{base}/api/v1/patients", headers=headers, params={"phone": "+923214445566"}).json()
+        assert [(hit["given_name"], hit["family_name"]) for hit in found["items"]] == [("Zainab", "Hussain")]
+        patient = httpx.post(
+            f"{base}/api/v1/auth/token", data={"username": "patient@demo.sehat.local", "password": DEMO_PASSWORD}
+        )
+        assert patient.status_code == 200, patient.text
+        own = httpx.get(
+            f"{base}/api/v1/me/patient", headers={"Authorization": f"Bearer {patient.json()['access_token']}"}
+        )
+        assert own.status_code == 200 and own.json()["given_name"] == "Imran"
     # Running the demo again reuses its data instead of failing on duplicates.
     with _running(cli_env, "demo") as (base, process):
         assert httpx.get(f"{base}/healthz").status_code == 200

@@ -1,18 +1,25 @@
 """Demo data for trying sehat on a laptop: one organization, two facilities in two timezones, one user per
-role. Idempotent, and refused in production."""
+role, and a few registered patients (the demo patient account is linked to one of them). Idempotent, and
+refused in production."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sehat.core.actor import Role, SystemActor
+from sehat.core.actor import Actor, Audience, Role, SystemActor
 from sehat.core.crypto import associated_data
 from sehat.core.tenant_scope import enter_organization, enter_platform_scope
 from sehat.identity.models import User, UserFacility
+from sehat.identity.permissions import PATIENT_WRITE
 from sehat.identity.runtime import AuthRuntime
+from sehat.patients import service as patients_service
+from sehat.patients.schemas import PatientCreate
+from sehat.patients.vault import PatientVault
 from sehat.tenancy.models import Department, Facility, Organization
 
 DEMO_PASSWORD = "sehat-demo-password"  # noqa: S105 - demo only, printed on purpose
@@ -34,6 +41,14 @@ _PEOPLE = (
     (Role.billing, "Omar Farooq"),
     (Role.auditor, "Hina Malik"),
     (Role.patient, "Imran Qureshi"),
+)
+
+
+# Registered at the first facility by the demo front office; the first is the demo patient account's record.
+_PATIENTS = (
+    ("Imran", "Qureshi", date(1979, 3, 14), "male", "+92 300 1112233"),
+    ("Zainab", "Hussain", date(1992, 11, 2), "female", "+92 321 4445566"),
+    ("Ali", "Raza", date(2016, 6, 21), "male", "+92 333 7778899"),
 )
 
 
@@ -89,4 +104,48 @@ async def seed_demo(session: AsyncSession, auth: AuthRuntime, actor: SystemActor
                     for facility in facilities
                 )
         await session.flush()
+        await _register_demo_patients(session, auth, organization.id, facilities[0].id)
     return [DemoAccount(role, f"{role.value.replace('_', '-')}@{DEMO_DOMAIN}") for role, _ in _PEOPLE]
+
+
+async def _register_demo_patients(
+    session: AsyncSession, auth: AuthRuntime, organization_id: uuid.UUID, facility_id: uuid.UUID
+) -> None:
+    """Through the registry's own service, as the demo front office, so the rows are encrypted, indexed and
+    audited exactly as real registrations are."""
+    front_office_id = await session.scalar(select(User.id).where(User.email == f"front-office@{DEMO_DOMAIN}"))
+    assert front_office_id is not None
+    front_office = Actor(
+        user_id=front_office_id,
+        organization_id=organization_id,
+        roles=frozenset({Role.front_office}),
+        audience=Audience.staff,
+        session_id=uuid.uuid4(),
+        token_id="demo",  # noqa: S106 - an id for the audit trail, not a credential
+        permissions=frozenset({PATIENT_WRITE}),
+    )
+    await enter_organization(session, organization_id)
+    vault = PatientVault(auth.key_ring, phone_region=auth.settings.default_phone_region)
+    registered = []
+    for given_name, family_name, birth_date, sex, phone in _PATIENTS:
+        view = await patients_service.create_patient(
+            session,
+            vault,
+            auth.audit,
+            front_office,
+            PatientCreate(
+                registering_facility_id=facility_id,
+                given_name=given_name,
+                family_name=family_name,
+                birth_date=birth_date,
+                sex=sex,
+                phone=phone,
+                preferred_language="ur-PK",
+            ),
+        )
+        registered.append(view.patient.id)
+    await enter_platform_scope(session)
+    patient_account = await session.scalar(select(User).where(User.email == f"patient@{DEMO_DOMAIN}"))
+    assert patient_account is not None
+    patient_account.patient_id = registered[0]
+    await session.flush()

@@ -373,9 +373,8 @@ async def create_patient(
     )
     encrypt_fields(cipher, patient, values)
     index_key = await vault.index_key(session, organization_id)
+    # One flush for all four tables: the unit of work orders the INSERTs by their foreign keys.
     session.add(patient)
-    # Flushed first: the key and the index entries reference it, and no relationship orders them.
-    await session.flush()
     session.add(key_row)
     session.add_all(_search_entries(organization_id, patient_id, index_key, index_values(values, IndexKind)))
     audit_access(audit_log, session, actor, PATIENT_CREATE, patient)

@@ -3,6 +3,8 @@ the caller's role, and every access audited."""
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import select
 
 from sehat.core.audit import AuditEvent
@@ -75,3 +77,21 @@ async def test_a_facility_outside_the_organization_is_not_found(desk: Desk) -> N
     )
     assert response.status_code == 404
     assert response.json()["code"] == "facility_not_found"
+
+
+async def test_concurrent_registrations_get_distinct_mrns(desk: Desk) -> None:
+    responses = await asyncio.gather(
+        *(
+            desk.api.client.post(
+                "/api/v1/patients",
+                headers=desk.front_office,
+                json=patient_body(desk.tenant, phone=f"+9198100{number:05d}", email=None, national_id=None),
+            )
+            for number in range(20)
+        )
+    )
+    assert [response.status_code for response in responses] == [201] * 20
+    mrns = [response.json()["mrn"] for response in responses]
+    assert len(set(mrns)) == 20
+    listed = await desk.api.all_pages("/api/v1/patients", desk.front_office)
+    assert sorted(item["mrn"] for item in listed) == sorted(mrns)

@@ -8,6 +8,7 @@ message is never sent for work that was rolled back.
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from sqlalchemy.types import TypeDecorator
 
 from sehat.core.actor import Actor, SystemActor
 from sehat.core.clock import utcnow
-from sehat.core.tenant_scope import bind_actor
+from sehat.core.tenant_scope import bind_actor, share_scope
 from sehat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -117,11 +118,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+# Each engine's Database, so code holding only a session can reach its side pool (issue_counter_value).
+_databases: weakref.WeakKeyDictionary[Any, Database] = weakref.WeakKeyDictionary()
+_SIDE_POOL_SIZE = 4
+
+
 class Database:
     """Holds the engine and the session factories."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._side_engine: AsyncEngine | None = None
+        _databases[engine.sync_engine] = self
         self.is_sqlite = engine.dialect.name == "sqlite"
         # On SQLite every unit of work takes the write lock as it begins, reads included: a read of patient
         # data writes its audit entry, and a transaction that starts as a reader cannot safely become a
@@ -149,7 +157,22 @@ class Database:
         finally:
             await finish(session, keep=keep)
 
+    def side_engine(self) -> AsyncEngine:
+        """A few connections of their own for short side transactions (see ``issue_counter_value``)."""
+        if self._side_engine is None:
+            self._side_engine = create_async_engine(
+                self.engine.url,
+                pool_size=_SIDE_POOL_SIZE,
+                max_overflow=0,
+                pool_timeout=self.engine.pool.timeout(),  # type: ignore[attr-defined]
+                # One-row statements: anything slower is stuck, and must not hold a request for long.
+                connect_args={"server_settings": {"application_name": "sehat-side", "statement_timeout": "5000"}},
+            )
+        return self._side_engine
+
     async def dispose(self) -> None:
+        if self._side_engine is not None:
+            await self._side_engine.dispose()
         await self.engine.dispose()
 
 
@@ -222,4 +245,27 @@ async def next_counter_value(session: AsyncSession, model: Any, key: dict[str, A
         .returning(column)
     )
     value: int = (await session.execute(statement)).scalar_one()
+    return value
+
+
+async def issue_counter_value(session: AsyncSession, model: Any, key: dict[str, Any], counter_column: str) -> int:
+    """``next_counter_value`` for a number that may have gaps (an MRN, not an invoice number).
+
+    On PostgreSQL the counter advances in a short transaction of its own, in the same tenant scope, so its row
+    lock is held for one statement instead of for the caller's whole transaction: issuers of one counter no
+    longer queue behind each other's work. The side transaction runs on a small pool of its own: borrowing a
+    second connection from the requests' pool could deadlock it once every pooled connection belongs to a
+    request waiting for a second one. A caller that rolls back leaves its number unused, never reused.
+    SQLite serializes every write transaction anyway, so there the caller's own transaction is used."""
+    bind = session.bind
+    database = _databases.get(bind.sync_engine) if isinstance(bind, AsyncEngine) else None
+    if database is None or database.is_sqlite:
+        return await next_counter_value(session, model, key, counter_column)
+    side = AsyncSession(bind=database.side_engine(), expire_on_commit=False)
+    await share_scope(session, side)
+    try:
+        value = await next_counter_value(side, model, key, counter_column)
+        await side.commit()
+    finally:
+        await side.close()
     return value

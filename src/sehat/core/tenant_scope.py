@@ -53,6 +53,13 @@ async def enter_platform_scope(session: AsyncSession) -> None:
     await _apply(session, ("", Scope.platform.value))
 
 
+async def share_scope(source: AsyncSession, target: AsyncSession) -> None:
+    """Give ``target`` the scope ``source`` works in (a side transaction of the same request)."""
+    values = source.info.get(_INFO_KEY)
+    if values is not None:
+        await _apply(target, values)
+
+
 async def bind_actor(session: AsyncSession, actor: Actor | SystemActor) -> None:
     """The scope an actor works in: its organization; a platform admin or a system job, the platform."""
     if isinstance(actor, Actor) and actor.organization_id is not None:

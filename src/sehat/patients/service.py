@@ -36,7 +36,7 @@ from sehat.core.blind_index import (
 )
 from sehat.core.clock import utcnow
 from sehat.core.crypto import DecryptionError, FieldCipher
-from sehat.core.db import next_counter_value
+from sehat.core.db import issue_counter_value
 from sehat.core.errors import Conflict, InternalError, InvalidInput, NotFound, PreconditionFailed, Problem
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
@@ -358,7 +358,7 @@ async def create_patient(
     await _ensure_facility(session, actor, request.registering_facility_id)
     values = normalized_fields(vault, request.model_dump(mode="python", exclude={"registering_facility_id"}))
     values["mrn"] = format_mrn(
-        await next_counter_value(session, MrnCounter, {"organization_id": organization_id}, "last_value")
+        await issue_counter_value(session, MrnCounter, {"organization_id": organization_id}, "last_value")
     )
     patient_id = uuid.uuid4()
     cipher, key_row = vault.new_patient_key(organization_id, patient_id)

@@ -79,7 +79,7 @@ def _running(env: dict[str, str], *arguments: str) -> Iterator[tuple[str, subpro
 def test_help_lists_every_command() -> None:
     result = _sehat(dict(os.environ), "--help")
     assert result.returncode == 0
-    for command in ("serve", "migrate", "demo", "admin", "keys", "permissions"):
+    for command in ("serve", "worker", "migrate", "demo", "admin", "keys", "permissions"):
         assert command in result.stdout
     for group, command in (
         ("admin", "create-platform-admin"),
@@ -246,3 +246,32 @@ def test_audit_verify_reports_ok_then_names_the_first_tampered_entry(cli_env: di
     tampered = _sehat(env, "audit", "verify")
     assert tampered.returncode == 1
     assert "TAMPERED: the entry sealed at 2 was edited" in tampered.stderr
+
+
+def test_servers_without_background_jobs_leave_sealing_to_the_worker(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **cli_env,
+        "SEHAT_AUDIT_CHECKPOINT_FILE": str(tmp_path / "checkpoints.jsonl"),
+        "SEHAT_AUDIT_SEAL_SETTLE_SECONDS": "0",
+        "SEHAT_AUDIT_SEAL_INTERVAL_SECONDS": "0.2",
+    }
+    assert _sehat(env, "migrate").returncode == 0
+    with _running({**env, "SEHAT_BACKGROUND_JOBS": "false"}, "serve") as (base, _):
+        for _attempt in range(3):
+            httpx.post(f"{base}/api/v1/auth/token", data={"username": "nobody@example.org", "password": "x" * 14})
+        time.sleep(1)
+    # The server sealed nothing in the background: all three entries are still there to seal.
+    assert _sehat(env, "audit", "seal").stdout.strip() == "sealed 3 entries"
+    with _running({**env, "SEHAT_BACKGROUND_JOBS": "false"}, "serve") as (base, _):
+        for _attempt in range(2):
+            httpx.post(f"{base}/api/v1/auth/token", data={"username": "nobody@example.org", "password": "x" * 14})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sehat", "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        time.sleep(4)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+    assert _sehat(env, "audit", "seal").stdout.strip() == "sealed 0 entries"
+    assert _sehat(env, "audit", "verify").returncode == 0

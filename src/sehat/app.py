@@ -72,23 +72,23 @@ async def _sync_shared_state(app: FastAPI) -> None:
         await identity_service.seed_revocations(session, app.state.auth)
 
 
-async def _keep_sealing(app: FastAPI, interval: float) -> None:
+async def keep_sealing(database: Database, audit_chain: AuditChain, interval: float) -> None:
     """Seal settled audit entries into the chain; one sealer at a time across servers (advisory lock)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await app.state.audit_chain.seal(app.state.database)
+            await audit_chain.seal(database)
         except Exception as exc:
             log.warning("audit_sealing_failed", exc_type=type(exc).__name__)
 
 
-async def _keep_evaluating_anomalies(app: FastAPI, interval: float) -> None:
+async def keep_evaluating_anomalies(database: Database, settings: Settings, interval: float) -> None:
     """Run the anomaly rules over newly sealed audit entries; one evaluator at a time across servers. It runs
     at the sealer's pace: it can only see what the sealer has sealed."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await evaluate_new_entries(app.state.database, app.state.settings)
+            await evaluate_new_entries(database, settings)
         except Exception as exc:
             log.warning("anomaly_evaluation_failed", exc_type=type(exc).__name__)
 
@@ -163,8 +163,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # Start anyway: /readyz reports the store, and every authenticated request fails closed meanwhile.
             log.warning("revocation_store_unavailable_at_start")
         refresher = asyncio.create_task(_keep_shared_state_fresh(app, settings.signing_key_refresh_seconds))
-        sealer = asyncio.create_task(_keep_sealing(app, settings.audit_seal_interval_seconds))
-        anomalies = asyncio.create_task(_keep_evaluating_anomalies(app, settings.audit_seal_interval_seconds))
+        if settings.background_jobs:
+            interval = settings.audit_seal_interval_seconds
+            sealer = asyncio.create_task(keep_sealing(database, app.state.audit_chain, interval))
+            anomalies = asyncio.create_task(keep_evaluating_anomalies(database, settings, interval))
         # Long-lived start-up objects (modules, routes, schemas) need no more collecting; fewer, cheaper young
         # collections keep latency tails short under load.
         gc.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,36 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     lines += [f"  {account.role.value:<15} {account.email}" for account in accounts]
     typer.echo("\n".join([*lines, ""]))
     _run_server(settings, host, port, 1)
+
+
+@app.command()
+def worker() -> None:
+    """Seal audit entries and run the anomaly rules, with no HTTP: run one (or more) beside app servers
+    started with SEHAT_BACKGROUND_JOBS=false, so those passes never delay a request."""
+    settings = _settings()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground worker is stopped
+        asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    from sehat.app import SchemaNotReady, keep_evaluating_anomalies, keep_sealing
+    from sehat.core.audit_chain import AuditChain
+    from sehat.core.crypto import load_key_ring
+    from sehat.core.db import Database, create_engine
+    from sehat.core.migrate import is_up_to_date
+
+    database = Database(create_engine(settings))
+    try:
+        if not await is_up_to_date(database.engine):
+            raise SchemaNotReady("the database schema is not current; run `sehat migrate` first")
+        chain = AuditChain(load_key_ring(settings), settings.audit_checkpoint_file, settings.audit_seal_settle_seconds)
+        interval = settings.audit_seal_interval_seconds
+        typer.echo(f"sehat worker: sealing and anomaly rules every {interval:g} s")
+        await asyncio.gather(
+            keep_sealing(database, chain, interval), keep_evaluating_anomalies(database, settings, interval)
+        )
+    finally:
+        await database.dispose()
 
 
 async def _seed_demo(settings: Settings) -> list:  # type: ignore[type-arg]

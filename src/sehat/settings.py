@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         description="ISO 3166 country in which phone numbers typed without a +country code are read",
     )
     patient_invitation_hours: int = Field(default=72, ge=1, le=24 * 30, description="How long an invitation link works")
+    background_jobs: bool = Field(
+        default=True,
+        description="Seal audit entries and run the anomaly rules in this server process; turn off on app "
+        "servers when `sehat worker` runs them, so those passes never share an event loop with requests",
+    )
     break_glass_minutes: int = Field(default=60, ge=1, le=24 * 60, description="How long emergency access lasts")
     anomaly_bulk_patients: int = Field(
         default=50, ge=1, description="One person opening more distinct patients than this within the window is alerted"

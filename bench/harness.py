@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,76 @@ async def postgres_version() -> str:
         return str(await connection.fetchval("SHOW server_version"))
     finally:
         await connection.close()
+
+
+class BackendSampler:
+    """What one database's client backends are doing while a load runs, sampled from ``pg_stat_activity`` every
+    ``interval`` seconds on a connection and a thread of its own: running, waiting (for a lock, on I/O, ...) or
+    idle in a transaction, which means waiting for the application. ``mean_backends`` is the mean number of
+    backends in each state per sample: it shows where a request's time goes on the database side, such as
+    transactions queueing for one row lock.
+
+        with BackendSampler("sehat_bench") as sampler:
+            ...load...
+        sampler.mean_backends  # {"running": 0.8, "waiting: Lock/transactionid": 12.1, ...}
+    """
+
+    def __init__(self, database: str, *, interval: float = 0.02) -> None:
+        self.database = database
+        self.interval = interval
+        self.samples = 0
+        self._counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._sample()), daemon=True)
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> BackendSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self._error is not None:
+            raise BenchmarkError(f"sampling pg_stat_activity failed: {self._error}")
+
+    @property
+    def mean_backends(self) -> dict[str, float]:
+        samples = max(self.samples, 1)
+        ordered = sorted(self._counts.items(), key=lambda item: -item[1])
+        return {state: round(count / samples, 2) for state, count in ordered}
+
+    async def _sample(self) -> None:
+        try:
+            connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+        except (OSError, asyncpg.PostgresError) as error:
+            self._error = error
+            return
+        try:
+            while not self._stop.is_set():
+                rows = await connection.fetch(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE datname = $1 AND backend_type = 'client backend' AND state <> 'idle'",
+                    self.database,
+                )
+                self.samples += 1
+                for row in rows:
+                    state = self._state(row["state"], row["wait_event_type"], row["wait_event"])
+                    self._counts[state] = self._counts.get(state, 0) + 1
+                await asyncio.sleep(self.interval)
+        except (OSError, asyncpg.PostgresError) as error:
+            self._error = error
+        finally:
+            await connection.close()
+
+    @staticmethod
+    def _state(state: str, wait_type: str | None, wait_event: str | None) -> str:
+        if state != "active":
+            return state  # "idle in transaction": the transaction waits for the application
+        # A backend reading from its client is waiting for the next statement of its transaction, not working.
+        if wait_type is None or (wait_type, wait_event) == ("Client", "ClientRead"):
+            return "running" if wait_type is None else "active, reading from the client"
+        return f"waiting: {wait_type}/{wait_event}"
 
 
 def run_sehat_command(arguments: Sequence[str], environment: Mapping[str, str], *, timeout: float = 120) -> str:
@@ -453,11 +524,21 @@ def run_wrk(
     duration_seconds: float,
     headers: Mapping[str, str],
     server_pid: int,
+    script: str = "",
+    timeout_seconds: float | None = None,
 ) -> LoadResult:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sehat-bench-", delete=False) as script:
-        script.write(_WRK_REPORT_SCRIPT.replace("%MARKER%", _WRK_RESULT_MARKER))
-        script_path = script.name
+    """``script``: Lua run before the report hook, for requests that vary (wrk's ``setup``/``init``/``request``
+    hooks: another path or body each time). A ``request()`` hook takes wrk off its fast C path, which costs wrk
+    a little CPU per request; set ``wrk.method``/``wrk.body`` alone for a fixed request that keeps it.
+
+    ``timeout_seconds``: how long wrk waits for a response before counting a timeout (wrk's default: 2 s), for
+    requests that may queue longer than that and must still be counted as answered, with their latency."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sehat-bench-", delete=False) as script_file:
+        script_file.write(script + "\n" + _WRK_REPORT_SCRIPT.replace("%MARKER%", _WRK_RESULT_MARKER))
+        script_path = script_file.name
     command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_seconds:g}s", "--latency", "-s", script_path]
+    if timeout_seconds is not None:
+        command.append(f"--timeout={timeout_seconds:g}s")
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command.append(base_url + url_path)

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "auth": "auth",
     "audit-append": "audit_append",
     "audit-verify": "audit_verify",
+    "patients": "patients",
 }
 
 

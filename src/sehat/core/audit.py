@@ -200,6 +200,23 @@ class AuditLog:
         rows: list[Any] = await driver.fetch(statement, *arguments, *values)
         return rows
 
+    async def record_many(self, session: AsyncSession, actor: Actor, entries: Sequence[AuditEntry]) -> None:
+        """Add several entries to the session's transaction. On PostgreSQL they go in one INSERT on the
+        session's own connection, without mapped objects: a hot read that returns a few patients audits each
+        of them for one round trip and no ORM work."""
+        if not entries:
+            return
+        if session.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
+            for entry in entries:
+                self.record(session, actor, entry)
+            return
+        rows = [
+            [_insert_value(values, column) for column in _INSERTED_COLUMNS]
+            for values in (self.values(actor, entry) for entry in entries)
+        ]
+        driver = await session.run_sync(driver_connection)
+        await driver.executemany(_insert_statement(), rows)
+
     def values(
         self,
         actor: Actor | SystemActor | None,
@@ -289,3 +306,10 @@ def _entry_cte(first_free_argument: int) -> str:
     columns = ", ".join(_INSERTED_COLUMNS)
     # Built from the model's column names and placeholder numbers only: nothing from a caller.
     return f"WITH audit_entry AS (INSERT INTO audit_events ({columns}) VALUES ({placeholders}))"  # noqa: S608
+
+
+@functools.cache
+def _insert_statement() -> str:
+    placeholders = ", ".join(f"${number}" for number in range(1, len(_INSERTED_COLUMNS) + 1))
+    # Built from the model's column names and placeholder numbers only: nothing from a caller.
+    return f"INSERT INTO audit_events ({', '.join(_INSERTED_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608

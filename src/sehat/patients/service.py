@@ -36,7 +36,7 @@ from sehat.core.blind_index import (
 )
 from sehat.core.clock import utcnow
 from sehat.core.crypto import DecryptionError, FieldCipher
-from sehat.core.db import issue_counter_value
+from sehat.core.db import driver_connection, issue_counter_value
 from sehat.core.errors import Conflict, InternalError, InvalidInput, NotFound, PreconditionFailed, Problem
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
@@ -487,36 +487,84 @@ async def search_patients(
     assert organization_id is not None
     kind, value = _search_key(vault, query)
     digest = blind_index(await vault.index_key(session, organization_id), kind, value)
-    rows = (
-        await session.execute(
-            scoped_select(Patient, actor)
-            .add_columns(PatientKey.wrapped_key)
-            .join(PatientSearchEntry, PatientSearchEntry.patient_id == Patient.id)
-            .outerjoin(PatientKey, PatientKey.patient_id == Patient.id)
-            .where(
-                PatientSearchEntry.organization_id == organization_id,
-                PatientSearchEntry.kind == kind.value,
-                PatientSearchEntry.digest == digest,
+    if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+        rows = await _search_rows_postgresql(session, organization_id, kind, digest)
+    else:
+        rows = (
+            await session.execute(
+                scoped_select(Patient, actor)
+                .add_columns(PatientKey.wrapped_key)
+                .join(PatientSearchEntry, PatientSearchEntry.patient_id == Patient.id)
+                .outerjoin(PatientKey, PatientKey.patient_id == Patient.id)
+                .where(
+                    PatientSearchEntry.organization_id == organization_id,
+                    PatientSearchEntry.kind == kind.value,
+                    PatientSearchEntry.digest == digest,
+                )
+                .order_by(Patient.created_at, Patient.id)
+                .limit(_SEARCH_LIMIT)
             )
-            .order_by(Patient.created_at, Patient.id)
-            .limit(_SEARCH_LIMIT)
-        )
-    ).all()
+        ).all()
     views = [
         PatientView(
             patient, await open_fields(session, vault, audit_log, actor, patient, wrapped, policy.SUMMARY_FIELDS)
         )
         for patient, wrapped in rows
     ]
-    for view in views:
-        audit_access(audit_log, session, actor, PATIENT_READ, view.patient, via="search")
-    if not views:
-        audit_log.record(
-            session,
-            actor,
-            AuditEntry(action=PATIENT_SEARCH, outcome=Outcome.success, details={"kind": kind.value, "hits": 0}),
+    entries = [
+        AuditEntry(
+            action=PATIENT_READ,
+            outcome=Outcome.success,
+            resource_type="patient",
+            resource_id=str(view.patient.id),
+            patient_id=view.patient.id,
+            details={"facility_id": str(view.patient.registering_facility_id), "via": "search"},
         )
+        for view in views
+    ] or [AuditEntry(action=PATIENT_SEARCH, outcome=Outcome.success, details={"kind": kind.value, "hits": 0})]
+    await audit_log.record_many(session, actor, entries)
     return views
+
+
+# The search a front desk runs for every walk-in: on the request's own asyncpg connection, without the ORM.
+# The organization is named explicitly and row-level security applies as well.
+_PG_SEARCH = """
+SELECT p.id, p.organization_id, p.registering_facility_id, p.status, p.merged_into_id, p.version,
+       p.legal_hold_since, p.erased_at, p.created_at, p.updated_at,
+       p.mrn, p.given_name, p.family_name, p.birth_date, k.wrapped_key
+FROM patient_search_index s
+JOIN patients p ON p.organization_id = s.organization_id AND p.id = s.patient_id
+LEFT JOIN patient_keys k ON k.patient_id = p.id
+WHERE s.organization_id = $1 AND s.kind = $2 AND s.digest = $3
+ORDER BY p.created_at, p.id
+LIMIT $4
+"""
+_SEARCHED_COLUMNS = (
+    "id",
+    "organization_id",
+    "registering_facility_id",
+    "status",
+    "merged_into_id",
+    "version",
+    "legal_hold_since",
+    "erased_at",
+    "created_at",
+    "updated_at",
+    "mrn",
+    "given_name",
+    "family_name",
+    "birth_date",
+)
+
+
+async def _search_rows_postgresql(
+    session: AsyncSession, organization_id: uuid.UUID, kind: IndexKind, digest: bytes
+) -> list[tuple[Patient, bytes | None]]:
+    driver = await session.run_sync(driver_connection)
+    found = await driver.fetch(_PG_SEARCH, organization_id, kind.value, digest, _SEARCH_LIMIT)
+    # Transient objects, never added to the session: read-only carriers for decryption and presentation.
+    # asyncpg's UUIDs are a subclass; the associated data is built from str(), identical either way.
+    return [(Patient(**{name: row[name] for name in _SEARCHED_COLUMNS}), row["wrapped_key"]) for row in found]
 
 
 def _search_key(vault: PatientVault, query: PatientSearch) -> tuple[IndexKind, str]:

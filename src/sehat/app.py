@@ -37,6 +37,7 @@ from sehat.patients import accounts_api as patient_accounts_api
 from sehat.patients import api as patients_api
 from sehat.patients import rights_api as patients_rights_api
 from sehat.patients.vault import PatientVault
+from sehat.scheduling import api as scheduling_api
 from sehat.settings import Settings
 from sehat.tenancy import api as tenancy_api
 from sehat.web import pages as web_pages
@@ -242,5 +243,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(patients_api.router)
     app.include_router(patient_accounts_api.router)
     app.include_router(patients_rights_api.router)
+    app.include_router(scheduling_api.router)
     app.include_router(web_pages.router)
     return app

@@ -5,8 +5,17 @@ from sehat.core import audit as audit_models
 from sehat.core.db import Base
 from sehat.identity import models as identity_models
 from sehat.patients import models as patient_models
+from sehat.scheduling import models as scheduling_models
 from sehat.tenancy import models as tenancy_models
 
 metadata = Base.metadata
 
-__all__ = ["access_models", "audit_models", "identity_models", "metadata", "patient_models", "tenancy_models"]
+__all__ = [
+    "access_models",
+    "audit_models",
+    "identity_models",
+    "metadata",
+    "patient_models",
+    "scheduling_models",
+    "tenancy_models",
+]

@@ -43,6 +43,12 @@ PATIENT_LEGAL_HOLD = "patient.legal_hold"
 PATIENT_SELF = "patient.self"
 CONSENT_READ = "consent.read"
 CONSENT_WRITE = "consent.write"
+SCHEDULE_READ = "schedule.read"
+SCHEDULE_MANAGE = "schedule.manage"
+APPOINTMENT_READ = "appointment.read"
+APPOINTMENT_BOOK = "appointment.book"
+APPOINTMENT_MANAGE = "appointment.manage"
+WAITLIST_MANAGE = "waitlist.manage"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -68,6 +74,12 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         PATIENT_SELF,
         CONSENT_READ,
         CONSENT_WRITE,
+        SCHEDULE_READ,
+        SCHEDULE_MANAGE,
+        APPOINTMENT_READ,
+        APPOINTMENT_BOOK,
+        APPOINTMENT_MANAGE,
+        WAITLIST_MANAGE,
     }
 )
 

@@ -347,6 +347,8 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn("patients", "legal_hold_reason_sealed", "id", organization_scoped=True),
     # patients/accounts.py: associated_data("patient_registrations", "details_sealed", registration id, org id)
     SealedColumn("patient_registrations", "details_sealed", "id", organization_scoped=True),
+    # scheduling/service.py: associated_data("appointments", "reason_sealed", appointment id, organization id)
+    SealedColumn("appointments", "reason_sealed", "id", organization_scoped=True),
 )
 
 

@@ -1,0 +1,553 @@
+"""Practitioners, appointment types, weekly hours, and booking that can never double-book. Only the unit of
+work commits.
+
+The guarantee is the database's: on PostgreSQL the exclusion constraints of migration 0011 refuse an
+overlapping active appointment of the same practitioner or the same patient, whatever the application
+believed when it checked; on SQLite the write transaction (``BEGIN IMMEDIATE``) serializes every booking, and
+the check and the insert happen inside it. No application lock is trusted for correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sehat.core.actor import Actor, Audience
+from sehat.core.audit import AuditEntry, AuditLog, Outcome
+from sehat.core.clock import utcnow
+from sehat.core.db import insert_ignoring_conflicts
+from sehat.core.errors import Conflict, InvalidInput, NotFound
+from sehat.core.scoping import scoped_select
+from sehat.identity.models import User, UserFacility
+from sehat.patients import service as patients_service
+from sehat.patients.models import Patient, PatientStatus
+from sehat.scheduling import availability, policy
+from sehat.scheduling.models import (
+    ACTIVE_STATUSES,
+    Appointment,
+    AppointmentHistory,
+    AppointmentStatus,
+    AppointmentType,
+    AvailabilityException,
+    IdempotencyRecord,
+    Practitioner,
+    PractitionerDepartment,
+    PractitionerFacility,
+    WeeklyHoursRule,
+)
+from sehat.scheduling.schemas import (
+    AppointmentCreate,
+    AppointmentRead,
+    AppointmentTypeCreate,
+    PractitionerCreate,
+    WeeklyHoursCreate,
+)
+from sehat.tenancy.models import Department, Facility
+
+APPOINTMENT_BOOK = "appointment.book"
+BOOK_ROUTE = "POST /api/v1/appointments"
+
+
+# --- practitioners, appointment types, hours -------------------------------------------------------------
+
+
+async def _facility(session: AsyncSession, actor: Actor, facility_id: uuid.UUID) -> Facility:
+    facility = await session.scalar(scoped_select(Facility, actor).where(Facility.id == facility_id))
+    if facility is None:
+        raise NotFound("Facility not found.", code="facility_not_found")
+    return facility
+
+
+async def create_practitioner(session: AsyncSession, actor: Actor, request: PractitionerCreate) -> Practitioner:
+    policy.ensure_can_manage_schedules(actor)
+    assert actor.organization_id is not None
+    user = await session.scalar(scoped_select(User, actor).where(User.id == request.user_id))
+    if user is None:
+        raise NotFound("User not found.", code="user_not_found")
+    for facility_id in request.facility_ids:
+        await _facility(session, actor, facility_id)
+    for department_id in request.department_ids:
+        if await session.scalar(scoped_select(Department, actor).where(Department.id == department_id)) is None:
+            raise NotFound("Department not found.", code="department_not_found")
+    existing = await session.scalar(scoped_select(Practitioner, actor).where(Practitioner.user_id == user.id))
+    if existing is not None:
+        raise Conflict("This user already has a practice profile.", code="practitioner_exists")
+    practitioner = Practitioner(
+        id=uuid.uuid4(),
+        organization_id=actor.organization_id,
+        user_id=user.id,
+        display_name=request.display_name,
+        specialty=request.specialty,
+        languages=request.languages,
+    )
+    session.add(practitioner)
+    session.add_all(
+        PractitionerFacility(
+            practitioner_id=practitioner.id, facility_id=facility_id, organization_id=user.organization_id
+        )
+        for facility_id in set(request.facility_ids)
+    )
+    session.add_all(
+        PractitionerDepartment(
+            practitioner_id=practitioner.id, department_id=department_id, organization_id=user.organization_id
+        )
+        for department_id in set(request.department_ids)
+    )
+    await session.flush()
+    return practitioner
+
+
+async def get_practitioner(session: AsyncSession, actor: Actor, practitioner_id: uuid.UUID) -> Practitioner:
+    policy.ensure_can_read_schedules(actor)
+    practitioner = await session.scalar(scoped_select(Practitioner, actor).where(Practitioner.id == practitioner_id))
+    if practitioner is None:
+        raise NotFound("Practitioner not found.", code="practitioner_not_found")
+    return practitioner
+
+
+async def practitioner_links(
+    session: AsyncSession, practitioner_id: uuid.UUID
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    facilities = await session.scalars(
+        select(PractitionerFacility.facility_id).where(PractitionerFacility.practitioner_id == practitioner_id)
+    )
+    departments = await session.scalars(
+        select(PractitionerDepartment.department_id).where(PractitionerDepartment.practitioner_id == practitioner_id)
+    )
+    return sorted(facilities.all()), sorted(departments.all())
+
+
+async def create_appointment_type(
+    session: AsyncSession, actor: Actor, request: AppointmentTypeCreate
+) -> AppointmentType:
+    policy.ensure_can_manage_schedules(actor)
+    assert actor.organization_id is not None
+    taken = await session.scalar(
+        scoped_select(AppointmentType, actor)
+        .with_only_columns(AppointmentType.id)
+        .where(AppointmentType.code == request.code)
+    )
+    if taken is not None:
+        raise Conflict("An appointment type with this code exists.", code="appointment_type_code_taken")
+    appointment_type = AppointmentType(id=uuid.uuid4(), organization_id=actor.organization_id, **request.model_dump())
+    session.add(appointment_type)
+    await session.flush()
+    return appointment_type
+
+
+async def list_appointment_types(session: AsyncSession, actor: Actor) -> list[AppointmentType]:
+    policy.ensure_can_read_schedules(actor)
+    return list((await session.scalars(scoped_select(AppointmentType, actor).order_by(AppointmentType.name))).all())
+
+
+async def add_weekly_hours(
+    session: AsyncSession, actor: Actor, practitioner_id: uuid.UUID, request: WeeklyHoursCreate
+) -> WeeklyHoursRule:
+    policy.ensure_can_manage_schedules(actor)
+    practitioner = await get_practitioner(session, actor, practitioner_id)
+    facility_ids, _ = await practitioner_links(session, practitioner.id)
+    if request.facility_id not in facility_ids:
+        raise InvalidInput(
+            "The practitioner does not work at this facility.",
+            code="facility_not_of_practitioner",
+            extra={"errors": [{"field": "facility_id", "message": "not one of the practitioner's facilities"}]},
+        )
+    rule = WeeklyHoursRule(
+        id=uuid.uuid4(),
+        organization_id=practitioner.organization_id,
+        practitioner_id=practitioner.id,
+        **request.model_dump(),
+    )
+    session.add(rule)
+    await session.flush()
+    return rule
+
+
+async def list_weekly_hours(session: AsyncSession, actor: Actor, practitioner_id: uuid.UUID) -> list[WeeklyHoursRule]:
+    practitioner = await get_practitioner(session, actor, practitioner_id)
+    statement = (
+        scoped_select(WeeklyHoursRule, actor)
+        .where(WeeklyHoursRule.practitioner_id == practitioner.id)
+        .order_by(WeeklyHoursRule.weekday, WeeklyHoursRule.starts)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+# --- working time ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkingTime:
+    intervals: list[availability.Interval]
+    granularity: timedelta
+    buffer: timedelta
+
+
+async def working_time(
+    session: AsyncSession, practitioner_id: uuid.UUID, facility: Facility, start: datetime, end: datetime
+) -> WorkingTime | None:
+    """The practitioner's working intervals at a facility within [start, end), with the slot grid of their
+    hours there; None when they have no hours at that facility."""
+    rules = (
+        await session.scalars(
+            select(WeeklyHoursRule).where(
+                WeeklyHoursRule.organization_id == facility.organization_id,
+                WeeklyHoursRule.practitioner_id == practitioner_id,
+                WeeklyHoursRule.facility_id == facility.id,
+            )
+        )
+    ).all()
+    if not rules:
+        return None
+    exceptions = (
+        await session.scalars(
+            select(AvailabilityException).where(
+                AvailabilityException.organization_id == facility.organization_id,
+                AvailabilityException.practitioner_id == practitioner_id,
+                AvailabilityException.starts_at < end,
+                AvailabilityException.ends_at > start,
+                or_(AvailabilityException.facility_id.is_(None), AvailabilityException.facility_id == facility.id),
+            )
+        )
+    ).all()
+    hours = [
+        availability.WeeklyHours(
+            weekday=rule.weekday,
+            starts=rule.starts,
+            ends=rule.ends,
+            valid_from=rule.valid_from,
+            valid_until=rule.valid_until,
+        )
+        for rule in rules
+    ]
+    extra = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == "extra"]
+    leave = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == "leave"]
+    intervals = availability.working_intervals(hours, facility.timezone, start, end, extra=extra, leave=leave)
+    # One grid per practitioner and facility: the finest of their rules there.
+    granularity = timedelta(minutes=min(rule.slot_minutes for rule in rules))
+    buffer = timedelta(minutes=max(rule.buffer_minutes for rule in rules))
+    return WorkingTime(intervals, granularity, buffer)
+
+
+# --- booking ----------------------------------------------------------------------------------------------
+
+
+def request_fingerprint(body: AppointmentCreate) -> bytes:
+    """What "the same body" means for an idempotency key: the fields, canonically serialized."""
+    return hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).digest()
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A stored answer to send again for a repeated idempotency key."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+async def claim_idempotency_key(
+    session: AsyncSession, actor: Actor, key: str, route: str, fingerprint: bytes
+) -> Replay | None:
+    """Claim ``key`` for this request, or return the answer already given for it.
+
+    The claim is a row inserted in this request's transaction. A concurrent request with the same key waits
+    on it (the primary key's uniqueness) until this one commits, and then replays its answer; if this one
+    rolls back, the claim vanishes with the work, and nothing replays a failure as success."""
+    assert actor.organization_id is not None
+    identity = {"organization_id": actor.organization_id, "user_id": actor.user_id, "key": key}
+    await insert_ignoring_conflicts(
+        session,
+        IdempotencyRecord,
+        {**identity, "route": route, "request_hash": fingerprint, "status_code": 0, "response": {}},
+        ["organization_id", "user_id", "key"],
+    )
+    record = await session.get(IdempotencyRecord, (actor.organization_id, actor.user_id, key), populate_existing=True)
+    assert record is not None
+    if record.status_code == 0:
+        return None  # ours: the claim this transaction just inserted
+    if record.route != route or record.request_hash != fingerprint:
+        raise InvalidInput("This Idempotency-Key was used with another request.", code="idempotency_key_reused")
+    return Replay(record.status_code, record.response)
+
+
+async def settle_idempotency_key(
+    session: AsyncSession, actor: Actor, key: str, status_code: int, body: dict[str, Any]
+) -> None:
+    record = await session.get(IdempotencyRecord, (actor.organization_id, actor.user_id, key))
+    assert record is not None
+    record.status_code = status_code
+    record.response = body
+    await session.flush()
+
+
+async def _ensure_patient_bookable(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
+    is_patient = actor.audience is Audience.patient
+    if is_patient and await patients_service.own_patient_id(session, actor) != patient_id:
+        raise NotFound("Patient not found.", code="patient_not_found")
+    patient = await session.scalar(scoped_select(Patient, actor).where(Patient.id == patient_id))
+    if patient is None:
+        raise NotFound("Patient not found.", code="patient_not_found")
+    if patient.status not in (PatientStatus.active,):
+        raise Conflict(f"A {patient.status} patient cannot be booked.", code=f"patient_{patient.status}")
+    return patient
+
+
+async def _ensure_staff_works_at(session: AsyncSession, actor: Actor, facility: Facility) -> None:
+    """Front office books at their own facilities; organization administrators anywhere."""
+    if actor.audience is Audience.patient or actor.has("facility.manage"):
+        return
+    works_there = await session.scalar(
+        select(UserFacility.facility_id).where(
+            UserFacility.user_id == actor.user_id, UserFacility.facility_id == facility.id
+        )
+    )
+    if works_there is None:
+        raise NotFound("Facility not found.", code="facility_not_found")
+
+
+async def book_appointment(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate
+) -> Appointment:
+    """Book one appointment, or refuse with 409 and write nothing."""
+    policy.ensure_can_book(actor)
+    organization_id = actor.organization_id
+    assert organization_id is not None
+    patient = await _ensure_patient_bookable(session, actor, request.patient_id)
+    facility = await _facility(session, actor, request.facility_id)
+    await _ensure_staff_works_at(session, actor, facility)
+    practitioner = await session.scalar(
+        scoped_select(Practitioner, actor).where(Practitioner.id == request.practitioner_id, Practitioner.active)
+    )
+    if practitioner is None:
+        raise NotFound("Practitioner not found.", code="practitioner_not_found")
+    appointment_type = await session.scalar(
+        scoped_select(AppointmentType, actor).where(
+            AppointmentType.id == request.appointment_type_id, AppointmentType.active
+        )
+    )
+    if appointment_type is None:
+        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+    start = request.start.astimezone(ZoneInfo("UTC"))
+    end = start + timedelta(minutes=appointment_type.duration_minutes)
+    now = utcnow()
+    if start <= now:
+        raise Conflict("That time is in the past.", code="in_the_past")
+    working = await working_time(session, practitioner.id, facility, start - timedelta(days=1), end + timedelta(days=1))
+    if working is None or not availability.slot_is_offered(working.intervals, start, end - start, working.granularity):
+        raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
+    return await _insert_appointment(
+        session, audit_log, actor, patient, practitioner, facility, appointment_type, start, end, now
+    )
+
+
+async def _insert_appointment(
+    session: AsyncSession,
+    audit_log: AuditLog,
+    actor: Actor,
+    patient: Patient,
+    practitioner: Practitioner,
+    facility: Facility,
+    appointment_type: AppointmentType,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> Appointment:
+    organization_id = patient.organization_id
+    overlapping = and_(Appointment.start_at < end, Appointment.end_at > start)
+    # Holds that ran out stop occupying their time before anyone checks it (the constraint knows no clock).
+    await session.execute(
+        update(Appointment)
+        .where(
+            Appointment.organization_id == organization_id,
+            Appointment.status == AppointmentStatus.held,
+            Appointment.hold_expires_at <= now,
+            or_(Appointment.practitioner_id == practitioner.id, Appointment.patient_id == patient.id),
+            overlapping,
+        )
+        .values(status=AppointmentStatus.expired.value, updated_at=now)
+    )
+    is_postgresql = session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
+    if is_postgresql:
+        await _queue_behind_competing_bookings(session, practitioner.id, patient.id)
+    else:
+        # SQLite: this transaction holds the database's write lock from its first statement, so nothing can
+        # slip in between this check and the insert below.
+        await _refuse_overlaps(session, organization_id, practitioner.id, patient.id, start, end)
+    appointment = Appointment(
+        id=uuid.uuid4(),
+        organization_id=organization_id,
+        facility_id=facility.id,
+        practitioner_id=practitioner.id,
+        patient_id=patient.id,
+        appointment_type_id=appointment_type.id,
+        start_at=start,
+        end_at=end,
+        status=AppointmentStatus.booked.value,
+        created_at=now,
+        updated_at=now,
+    )
+    await _insert_guarded(session, appointment, is_postgresql=is_postgresql)
+    session.add(
+        AppointmentHistory(
+            organization_id=organization_id,
+            appointment_id=appointment.id,
+            at=now,
+            actor_id=actor.user_id,
+            from_status=None,
+            to_status=appointment.status,
+            start_at=start,
+            end_at=end,
+        )
+    )
+    audit_log.record(
+        session,
+        actor,
+        AuditEntry(
+            action=APPOINTMENT_BOOK,
+            outcome=Outcome.success,
+            resource_type="appointment",
+            resource_id=str(appointment.id),
+            patient_id=patient.id,
+            details={"facility_id": str(facility.id), "practitioner_id": str(practitioner.id)},
+        ),
+    )
+    await session.flush()
+    return appointment
+
+
+def _lock_key(kind: str, value: uuid.UUID) -> int:
+    return int.from_bytes(hashlib.sha256(f"sehat/booking/{kind}/{value}".encode()).digest()[:8], "big", signed=True)
+
+
+async def _queue_behind_competing_bookings(
+    session: AsyncSession, practitioner_id: uuid.UUID, patient_id: uuid.UUID
+) -> None:
+    """Order, not correctness: bookings of the same practitioner or patient take transaction-scoped advisory
+    locks in one global order, so they queue instead of inserting at once and deadlocking on each other's
+    pending rows (each such deadlock costs a second of PostgreSQL's deadlock_timeout). The exclusion
+    constraints remain the guarantee; a booking that bypassed these locks would still be refused."""
+    keys = sorted({_lock_key("practitioner", practitioner_id), _lock_key("patient", patient_id)})
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+        ),
+        {"keys": keys},
+    )
+
+
+# Two bookings that overlap each other both insert their row, and each then waits for the other's transaction
+# to decide (an overlap is symmetric): PostgreSQL breaks that cycle by aborting one of them. The victim steps
+# back (its savepoint), lets the other finish and tries once more; a second abort answers 409
+# `slot_contended` (someone else is booking that time right now), never a 500 and never a double booking.
+_DEADLOCK = "40P01"
+
+
+async def _insert_guarded(session: AsyncSession, appointment: Appointment, *, is_postgresql: bool) -> None:
+    """Insert the appointment; on PostgreSQL the exclusion constraints refuse an overlap right here."""
+    if not is_postgresql:
+        session.add(appointment)
+        await session.flush()
+        return
+    for attempt in range(2):
+        try:
+            async with session.begin_nested():
+                session.add(appointment)
+                await session.flush()
+            return
+        except IntegrityError as exc:
+            raise _overlap_conflict(str(exc.orig)) from None
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _DEADLOCK:
+                raise
+            if attempt == 1:
+                raise Conflict(
+                    "Someone else is booking that time right now; try again.", code="slot_contended"
+                ) from None
+            # The savepoint's rollback took the pending row out of the session; it is added again above.
+            await asyncio.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter, not a secret
+
+
+def _overlap_conflict(message: str) -> Conflict:
+    if "no_overlap_per_patient" in message:
+        return Conflict("The patient has another appointment at that time.", code="patient_busy")
+    return Conflict("That time is already taken.", code="slot_taken")
+
+
+async def _refuse_overlaps(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    patient_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+) -> None:
+    clash = (
+        await session.execute(
+            select(Appointment.practitioner_id, Appointment.patient_id)
+            .where(
+                Appointment.organization_id == organization_id,
+                Appointment.status.in_(ACTIVE_STATUSES),
+                Appointment.start_at < end,
+                Appointment.end_at > start,
+                or_(Appointment.practitioner_id == practitioner_id, Appointment.patient_id == patient_id),
+            )
+            .limit(1)
+        )
+    ).first()
+    if clash is not None:
+        raise _overlap_conflict(
+            "no_overlap_per_practitioner" if clash[0] == practitioner_id else "no_overlap_per_patient"
+        )
+
+
+async def get_appointment(session: AsyncSession, actor: Actor, appointment_id: uuid.UUID) -> Appointment:
+    policy.ensure_can_read_appointments(actor)
+    appointment = await session.scalar(scoped_select(Appointment, actor).where(Appointment.id == appointment_id))
+    if appointment is None:
+        raise NotFound("Appointment not found.", code="appointment_not_found")
+    if (
+        actor.audience is Audience.patient
+        and await patients_service.own_patient_id(session, actor) != appointment.patient_id
+    ):
+        raise NotFound("Appointment not found.", code="appointment_not_found")
+    return appointment
+
+
+def present(appointment: Appointment) -> AppointmentRead:
+    return AppointmentRead(
+        id=appointment.id,
+        patient_id=appointment.patient_id,
+        practitioner_id=appointment.practitioner_id,
+        facility_id=appointment.facility_id,
+        appointment_type_id=appointment.appointment_type_id,
+        start=appointment.start_at,
+        end=appointment.end_at,
+        status=appointment.status,
+        hold_expires_at=appointment.hold_expires_at,
+        version=appointment.version,
+    )
+
+
+async def book_idempotently(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate, key: str | None
+) -> tuple[int, dict[str, Any]]:
+    """``book_appointment`` behind an optional idempotency key: the status and body to answer."""
+    if key is not None:
+        replay = await claim_idempotency_key(session, actor, key, BOOK_ROUTE, request_fingerprint(request))
+        if replay is not None:
+            return replay.status_code, replay.body
+    content = present(await book_appointment(session, audit_log, actor, request)).model_dump(mode="json")
+    if key is not None:
+        await settle_idempotency_key(session, actor, key, 201, content)
+    return 201, content

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
         description="ISO 3166 country in which phone numbers typed without a +country code are read",
     )
     patient_invitation_hours: int = Field(default=72, ge=1, le=24 * 30, description="How long an invitation link works")
+    slot_hold_minutes: int = Field(default=5, ge=1, le=60, description="How long a slot hold blocks its time")
     background_jobs: bool = Field(
         default=True,
         description="Seal audit entries and run the anomaly rules in this server process; turn off on app "

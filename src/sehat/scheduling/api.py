@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Header, Request, status
+from fastapi import Depends, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +23,8 @@ from sehat.scheduling.schemas import (
     AppointmentTypeRead,
     PractitionerCreate,
     PractitionerRead,
+    SlotQuery,
+    SlotRead,
     WeeklyHoursCreate,
     WeeklyHoursRead,
 )
@@ -109,3 +112,23 @@ async def book_appointment(
 @router.get("/appointments/{appointment_id}", response_model=AppointmentRead)
 async def get_appointment(appointment_id: uuid.UUID, actor: AppointmentReader, session: Session) -> AppointmentRead:
     return service.present(await service.get_appointment(session, actor, appointment_id))
+
+
+@router.get("/slots", response_model=list[SlotRead])
+async def find_slots(query: Annotated[SlotQuery, Query()], actor: ScheduleReader, session: Session) -> list[SlotRead]:
+    """Free slots of a practitioner at a facility for an appointment type, `from` to `to` (at most 31 days)."""
+    return [SlotRead(start=slot.start, end=slot.end) for slot in await service.find_free_slots(session, actor, query)]
+
+
+@router.post("/slot-holds", response_model=AppointmentRead, status_code=status.HTTP_201_CREATED)
+async def hold_slot(
+    body: AppointmentCreate, actor: Booker, session: Session, audit: Audit, request: Request
+) -> AppointmentRead:
+    """Reserve a slot for a few minutes (`SEHAT_SLOT_HOLD_MINUTES`) while the patient confirms or pays."""
+    hold_for = timedelta(minutes=request.app.state.settings.slot_hold_minutes)
+    return service.present(await service.book_appointment(session, audit, actor, body, hold_for=hold_for))
+
+
+@router.post("/slot-holds/{hold_id}/confirm", response_model=AppointmentRead)
+async def confirm_hold(hold_id: uuid.UUID, actor: Booker, session: Session, audit: Audit) -> AppointmentRead:
+    return service.present(await service.confirm_hold(session, audit, actor, hold_id))

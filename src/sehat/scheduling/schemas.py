@@ -4,10 +4,10 @@ weekly hours are wall-clock times of the facility's own timezone."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from sehat.core.schemas import Code, InputModel, Name, OutputModel
 
@@ -107,3 +107,31 @@ class AppointmentRead(OutputModel):
     status: str
     hold_expires_at: datetime | None
     version: int
+
+
+MAX_SEARCH_DAYS = 31
+
+
+class SlotQuery(BaseModel):
+    """Free slots of one practitioner at one facility, for one appointment type, within [from, to)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    practitioner_id: uuid.UUID
+    facility_id: uuid.UUID
+    appointment_type_id: uuid.UUID
+    starts_from: AwareDatetime = Field(alias="from")
+    ends_before: AwareDatetime = Field(alias="to")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SlotQuery:
+        if self.ends_before <= self.starts_from:
+            raise ValueError("to must be after from")
+        if self.ends_before - self.starts_from > timedelta(days=MAX_SEARCH_DAYS):
+            raise ValueError(f"a search covers at most {MAX_SEARCH_DAYS} days")
+        return self
+
+
+class SlotRead(BaseModel):
+    start: datetime
+    end: datetime

@@ -51,11 +51,14 @@ from sehat.scheduling.schemas import (
     AppointmentRead,
     AppointmentTypeCreate,
     PractitionerCreate,
+    SlotQuery,
     WeeklyHoursCreate,
 )
 from sehat.tenancy.models import Department, Facility
 
 APPOINTMENT_BOOK = "appointment.book"
+APPOINTMENT_HOLD = "appointment.hold"
+APPOINTMENT_CONFIRM = "appointment.confirm_hold"
 BOOK_ROUTE = "POST /api/v1/appointments"
 
 
@@ -317,9 +320,15 @@ async def _ensure_staff_works_at(session: AsyncSession, actor: Actor, facility: 
 
 
 async def book_appointment(
-    session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate
+    session: AsyncSession,
+    audit_log: AuditLog,
+    actor: Actor,
+    request: AppointmentCreate,
+    *,
+    hold_for: timedelta | None = None,
 ) -> Appointment:
-    """Book one appointment, or refuse with 409 and write nothing."""
+    """Book one appointment, or refuse with 409 and write nothing. With ``hold_for``, reserve the time as a
+    hold instead: it blocks everyone else exactly like a booking until it is confirmed or runs out."""
     policy.ensure_can_book(actor)
     organization_id = actor.organization_id
     assert organization_id is not None
@@ -347,7 +356,7 @@ async def book_appointment(
     if working is None or not availability.slot_is_offered(working.intervals, start, end - start, working.granularity):
         raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
     return await _insert_appointment(
-        session, audit_log, actor, patient, practitioner, facility, appointment_type, start, end, now
+        session, audit_log, actor, patient, practitioner, facility, appointment_type, start, end, now, hold_for
     )
 
 
@@ -362,6 +371,7 @@ async def _insert_appointment(
     start: datetime,
     end: datetime,
     now: datetime,
+    hold_for: timedelta | None = None,
 ) -> Appointment:
     organization_id = patient.organization_id
     overlapping = and_(Appointment.start_at < end, Appointment.end_at > start)
@@ -393,7 +403,8 @@ async def _insert_appointment(
         appointment_type_id=appointment_type.id,
         start_at=start,
         end_at=end,
-        status=AppointmentStatus.booked.value,
+        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
+        hold_expires_at=now + hold_for if hold_for else None,
         created_at=now,
         updated_at=now,
     )
@@ -414,7 +425,7 @@ async def _insert_appointment(
         session,
         actor,
         AuditEntry(
-            action=APPOINTMENT_BOOK,
+            action=APPOINTMENT_HOLD if hold_for else APPOINTMENT_BOOK,
             outcome=Outcome.success,
             resource_type="appointment",
             resource_id=str(appointment.id),
@@ -551,3 +562,92 @@ async def book_idempotently(
     if key is not None:
         await settle_idempotency_key(session, actor, key, 201, content)
     return 201, content
+
+
+# --- slot search ----------------------------------------------------------------------------------------
+
+
+async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery) -> list[availability.Interval]:
+    """Availability minus appointments and live holds, on the practitioner's grid, within [from, to)."""
+    policy.ensure_can_read_schedules(actor)
+    facility = await _facility(session, actor, query.facility_id)
+    practitioner = await get_practitioner(session, actor, query.practitioner_id)
+    appointment_type = await session.scalar(
+        scoped_select(AppointmentType, actor).where(
+            AppointmentType.id == query.appointment_type_id, AppointmentType.active
+        )
+    )
+    if appointment_type is None:
+        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+    # Whole local days, so that every session keeps its own start as the anchor of its slot grid.
+    days = availability.covering_local_days(facility.timezone, query.starts_from, query.ends_before)
+    working = await working_time(session, practitioner.id, facility, days.start, days.end)
+    if working is None:
+        return []
+    now = utcnow()
+    busy_rows = await session.execute(
+        scoped_select(Appointment, actor)
+        .with_only_columns(Appointment.start_at, Appointment.end_at)
+        .where(
+            Appointment.practitioner_id == practitioner.id,
+            Appointment.status.in_(ACTIVE_STATUSES),
+            or_(Appointment.status != AppointmentStatus.held, Appointment.hold_expires_at > now),
+            Appointment.start_at < days.end,
+            Appointment.end_at > days.start,
+        )
+    )
+    busy = [availability.Interval(start, end) for start, end in busy_rows]
+    slots = availability.free_slots(
+        working.intervals,
+        busy,
+        duration=timedelta(minutes=appointment_type.duration_minutes),
+        granularity=working.granularity,
+        buffer=working.buffer,
+        not_before=max(query.starts_from, now),
+    )
+    return [slot for slot in slots if slot.end <= query.ends_before]
+
+
+# --- holds ------------------------------------------------------------------------------------------------
+
+
+async def confirm_hold(session: AsyncSession, audit_log: AuditLog, actor: Actor, hold_id: uuid.UUID) -> Appointment:
+    """Turn a live hold into a booking. Its time is already the hold's (the constraints saw to that), so a
+    confirmation cannot collide; a hold that ran out is refused with 409 ``hold_expired``."""
+    policy.ensure_can_book(actor)
+    hold = await get_appointment(session, actor, hold_id)
+    now = utcnow()
+    if hold.status != AppointmentStatus.held:
+        raise Conflict("This is not a hold.", code="not_a_hold")
+    if hold.hold_expires_at is None or hold.hold_expires_at <= now:
+        raise Conflict("The hold ran out; search for a slot again.", code="hold_expired")
+    hold.status = AppointmentStatus.booked.value
+    hold.hold_expires_at = None
+    hold.updated_at = now
+    hold.version += 1
+    session.add(
+        AppointmentHistory(
+            organization_id=hold.organization_id,
+            appointment_id=hold.id,
+            at=now,
+            actor_id=actor.user_id,
+            from_status=AppointmentStatus.held.value,
+            to_status=AppointmentStatus.booked.value,
+            start_at=hold.start_at,
+            end_at=hold.end_at,
+        )
+    )
+    audit_log.record(
+        session,
+        actor,
+        AuditEntry(
+            action=APPOINTMENT_CONFIRM,
+            outcome=Outcome.success,
+            resource_type="appointment",
+            resource_id=str(hold.id),
+            patient_id=hold.patient_id,
+            details={"facility_id": str(hold.facility_id), "practitioner_id": str(hold.practitioner_id)},
+        ),
+    )
+    await session.flush()
+    return hold

@@ -20,7 +20,7 @@ from sehat.access.schemas import (
 )
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
-from sehat.core.http import api_router, get_session
+from sehat.core.http import api_router, get_audit_log, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
 from sehat.identity.permissions import ALERT_READ, AUDIT_READ, AUDIT_READ_OWN, BREAK_GLASS_USE
@@ -33,10 +33,6 @@ EmergencyUser = Annotated[Actor, Depends(require(BREAK_GLASS_USE))]
 AlertReader = Annotated[Actor, Depends(require(ALERT_READ))]
 # Patient tokens only: staff read the log through /audit-events, with the permissions that route asks for.
 PatientSelf = Annotated[Actor, Depends(require(AUDIT_READ_OWN, audiences=(Audience.patient,)))]
-
-
-async def get_audit_log(request: Request) -> AuditLog:
-    return request.app.state.audit
 
 
 @router.get("/audit-events", response_model=Page[AuditEventRead], tags=["audit"])

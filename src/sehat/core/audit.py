@@ -215,7 +215,7 @@ class AuditLog:
             for values in (self.values(actor, entry) for entry in entries)
         ]
         driver = await session.run_sync(driver_connection)
-        await driver.executemany(_insert_statement(), rows)
+        await driver.executemany(_insert_sql(0), rows)
 
     def values(
         self,
@@ -300,16 +300,15 @@ def _insert_value(values: dict[str, Any], column: str) -> Any:
 
 
 @functools.cache
-def _entry_cte(first_free_argument: int) -> str:
-    """``WITH audit_entry AS (INSERT ...)`` whose placeholders follow the read's own ``$1``..``$n``."""
+def _insert_sql(first_free_argument: int) -> str:
+    """``INSERT INTO audit_events (...) VALUES (...)`` whose placeholders start after ``$first_free_argument``."""
     placeholders = ", ".join(f"${first_free_argument + number}" for number in range(1, len(_INSERTED_COLUMNS) + 1))
     columns = ", ".join(_INSERTED_COLUMNS)
     # Built from the model's column names and placeholder numbers only: nothing from a caller.
-    return f"WITH audit_entry AS (INSERT INTO audit_events ({columns}) VALUES ({placeholders}))"  # noqa: S608
+    return f"INSERT INTO audit_events ({columns}) VALUES ({placeholders})"  # noqa: S608
 
 
 @functools.cache
-def _insert_statement() -> str:
-    placeholders = ", ".join(f"${number}" for number in range(1, len(_INSERTED_COLUMNS) + 1))
-    # Built from the model's column names and placeholder numbers only: nothing from a caller.
-    return f"INSERT INTO audit_events ({', '.join(_INSERTED_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+def _entry_cte(first_free_argument: int) -> str:
+    """``WITH audit_entry AS (INSERT ...)`` whose placeholders follow the read's own ``$1``..``$n``."""
+    return f"WITH audit_entry AS ({_insert_sql(first_free_argument)})"

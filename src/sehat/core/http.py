@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sehat.core.actor import SystemActor
-from sehat.core.audit import AuditEntry, Outcome
+from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.db import finish
 from sehat.core.errors import (
     Conflict,
@@ -60,6 +60,12 @@ def problem_response(problem: Problem) -> Response:
         media_type=PROBLEM_MEDIA_TYPE,
         headers=problem.headers,
     )
+
+
+async def get_audit_log(request: Request) -> AuditLog:
+    """The process's audit log, for routes whose service records entries."""
+    audit_log: AuditLog = request.app.state.audit
+    return audit_log
 
 
 async def get_session(request: Request) -> AsyncSession:

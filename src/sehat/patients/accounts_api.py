@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor
 from sehat.core.audit import AuditLog
-from sehat.core.http import api_router, get_session
+from sehat.core.http import api_router, get_audit_log, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import client_address, get_auth, require
 from sehat.identity.permissions import PATIENT_INVITE
@@ -29,7 +29,7 @@ from sehat.patients.account_schemas import (
     RegistrationRead,
     RegistrationStatus,
 )
-from sehat.patients.api import get_audit, get_vault
+from sehat.patients.api import get_vault
 from sehat.patients.vault import PatientVault
 
 router = api_router(prefix="/api/v1", tags=["patient accounts"])
@@ -37,7 +37,7 @@ router = api_router(prefix="/api/v1", tags=["patient accounts"])
 Session = Annotated[AsyncSession, Depends(get_session)]
 Auth = Annotated[AuthRuntime, Depends(get_auth)]
 Vault = Annotated[PatientVault, Depends(get_vault)]
-Audit = Annotated[AuditLog, Depends(get_audit)]
+Audit = Annotated[AuditLog, Depends(get_audit_log)]
 Inviter = Annotated[Actor, Depends(require(PATIENT_INVITE))]
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
 from sehat.core.errors import PreconditionFailed
-from sehat.core.http import api_router, get_session
+from sehat.core.http import api_router, get_audit_log, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
 from sehat.identity.permissions import PATIENT_MERGE, PATIENT_READ, PATIENT_SELF, PATIENT_WRITE
@@ -44,12 +44,8 @@ async def get_vault(request: Request) -> PatientVault:
     return request.app.state.patient_vault
 
 
-async def get_audit(request: Request) -> AuditLog:
-    return request.app.state.audit
-
-
 Vault = Annotated[PatientVault, Depends(get_vault)]
-Audit = Annotated[AuditLog, Depends(get_audit)]
+Audit = Annotated[AuditLog, Depends(get_audit_log)]
 
 
 def _expected_version(if_match: str | None) -> int | None:

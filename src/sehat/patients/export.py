@@ -12,7 +12,6 @@ rules count as an access), and break-glass does not open it: emergency access is
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from sqlalchemy import String, cast, not_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,28 +27,7 @@ from sehat.identity.models import User
 from sehat.patients import consent, policy, service
 from sehat.patients.models import ENCRYPTED_FIELDS, Patient, PatientInvitation
 from sehat.patients.rights_schemas import AccessExport, AccountExport, InvitationExport, PatientExport
-from sehat.patients.schemas import PatientRead
 from sehat.patients.vault import PatientVault
-
-
-def full_record(patient: Patient, values: dict[str, Any]) -> PatientRead:
-    """The patient with every decrypted field, unmasked: the export is the patient's own copy."""
-    shown: dict[str, Any] = {
-        "id": patient.id,
-        "status": patient.status,
-        "version": patient.version,
-        "registering_facility_id": patient.registering_facility_id,
-        "merged_into_id": patient.merged_into_id,
-        "created_at": patient.created_at,
-        "updated_at": patient.updated_at,
-        "legal_hold": patient.legal_hold_since is not None,
-        "erased_at": patient.erased_at,
-        **values,
-    }
-    national_id = values.get("national_id")
-    if national_id is not None:
-        shown["national_id"] = {**national_id, "last4": national_id["value"][-4:]}
-    return PatientRead(**shown)
 
 
 def _invitation_status(invitation: PatientInvitation) -> str:
@@ -149,7 +127,7 @@ async def export_patient(
     service.audit_access(audit_log, session, actor, PATIENT_EXPORT, patient)
     return PatientExport(
         exported_at=utcnow(),
-        patient=full_record(patient, values),
+        patient=service.present_in_full(patient, values),
         merged_from_ids=merged_from_ids,
         legal_hold_since=patient.legal_hold_since,
         consents=consents,

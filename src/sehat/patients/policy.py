@@ -19,23 +19,10 @@ from sehat.identity.permissions import (
     PATIENT_SELF,
     PATIENT_WRITE,
 )
+from sehat.patients.models import ENCRYPTED_FIELDS
 
-DEMOGRAPHICS = frozenset(
-    {
-        "mrn",
-        "given_name",
-        "family_name",
-        "birth_date",
-        "sex",
-        "gender",
-        "phone",
-        "email",
-        "address",
-        "national_id",
-        "emergency_contact",
-        "preferred_language",
-    }
-)
+# Every encrypted field is a demographic one; clinical fields arrive with records.
+DEMOGRAPHICS = frozenset(ENCRYPTED_FIELDS)
 _CARE = DEMOGRAPHICS
 _BILLING = frozenset(
     {"mrn", "given_name", "family_name", "birth_date", "sex", "phone", "email", "address", "national_id"}

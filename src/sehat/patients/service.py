@@ -226,17 +226,18 @@ def audit_access(
     outcome: Outcome = Outcome.success,
     **details: Any,
 ) -> None:
-    audit_log.record(
-        session,
-        actor,
-        AuditEntry(
-            action=action,
-            outcome=outcome,
-            resource_type="patient",
-            resource_id=str(patient.id),
-            patient_id=patient.id,
-            details={"facility_id": str(patient.registering_facility_id), **details},
-        ),
+    audit_log.record(session, actor, access_entry(action, patient, outcome, **details))
+
+
+def access_entry(action: str, patient: Patient, outcome: Outcome = Outcome.success, **details: Any) -> AuditEntry:
+    """An access to one patient, with the registering facility the anomaly rules judge it by."""
+    return AuditEntry(
+        action=action,
+        outcome=outcome,
+        resource_type="patient",
+        resource_id=str(patient.id),
+        patient_id=patient.id,
+        details={"facility_id": str(patient.registering_facility_id), **details},
     )
 
 
@@ -511,17 +512,9 @@ async def search_patients(
         )
         for patient, wrapped in rows
     ]
-    entries = [
-        AuditEntry(
-            action=PATIENT_READ,
-            outcome=Outcome.success,
-            resource_type="patient",
-            resource_id=str(view.patient.id),
-            patient_id=view.patient.id,
-            details={"facility_id": str(view.patient.registering_facility_id), "via": "search"},
-        )
-        for view in views
-    ] or [AuditEntry(action=PATIENT_SEARCH, outcome=Outcome.success, details={"kind": kind.value, "hits": 0})]
+    entries = [access_entry(PATIENT_READ, view.patient, via="search") for view in views] or [
+        AuditEntry(action=PATIENT_SEARCH, outcome=Outcome.success, details={"kind": kind.value, "hits": 0})
+    ]
     await audit_log.record_many(session, actor, entries)
     return views
 
@@ -681,7 +674,16 @@ async def merge_patients(
 def present(actor: Actor, view: PatientView) -> PatientRead:
     """The patient as the caller's role may see it: fields outside the role are left out (absent, not null),
     and the national id is cut to its last four characters for roles that do not need it whole."""
-    patient = view.patient
+    visible = {name: view.values[name] for name in policy.visible_fields(actor) if name in view.values}
+    return _patient_read(view.patient, visible, full_national_id=policy.sees_full_national_id(actor))
+
+
+def present_in_full(patient: Patient, values: dict[str, Any]) -> PatientRead:
+    """Every decrypted field, unmasked: the export is the patient's own copy."""
+    return _patient_read(patient, values, full_national_id=True)
+
+
+def _patient_read(patient: Patient, values: dict[str, Any], *, full_national_id: bool) -> PatientRead:
     shown: dict[str, Any] = {
         "id": patient.id,
         "status": patient.status,
@@ -692,15 +694,13 @@ def present(actor: Actor, view: PatientView) -> PatientRead:
         "updated_at": patient.updated_at,
         "legal_hold": patient.legal_hold_since is not None,
         "erased_at": patient.erased_at,
+        **values,
     }
-    for name in policy.visible_fields(actor):
-        if name in view.values:
-            shown[name] = view.values[name]
-    national_id = shown.get("national_id")
+    national_id = values.get("national_id")
     if national_id is not None:
         value = national_id["value"]
         shown["national_id"] = {"kind": national_id["kind"], "last4": value[-4:]}
-        if policy.sees_full_national_id(actor):
+        if full_national_id:
             shown["national_id"]["value"] = value
     return PatientRead(**shown)
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
-from sehat.core.http import api_router, get_session
+from sehat.core.http import api_router, get_audit_log, get_session
 from sehat.identity.deps import require
 from sehat.identity.permissions import APPOINTMENT_BOOK, APPOINTMENT_READ, SCHEDULE_MANAGE, SCHEDULE_READ
 from sehat.scheduling import service
@@ -42,11 +42,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-async def get_audit(request: Request) -> AuditLog:
-    return request.app.state.audit
-
-
-Audit = Annotated[AuditLog, Depends(get_audit)]
+Audit = Annotated[AuditLog, Depends(get_audit_log)]
 
 
 async def _practitioner_read(session: AsyncSession, practitioner: object) -> PractitionerRead:

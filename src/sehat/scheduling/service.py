@@ -54,6 +54,7 @@ from sehat.scheduling.schemas import (
     SlotQuery,
     WeeklyHoursCreate,
 )
+from sehat.tenancy import policy as tenancy_policy
 from sehat.tenancy.models import Department, Facility
 
 APPOINTMENT_BOOK = "appointment.book"
@@ -308,7 +309,7 @@ async def _ensure_patient_bookable(session: AsyncSession, actor: Actor, patient_
 
 async def _ensure_staff_works_at(session: AsyncSession, actor: Actor, facility: Facility) -> None:
     """Front office books at their own facilities; organization administrators anywhere."""
-    if actor.audience is Audience.patient or actor.has("facility.manage"):
+    if actor.audience is Audience.patient or tenancy_policy.sees_every_facility(actor):
         return
     works_there = await session.scalar(
         select(UserFacility.facility_id).where(
@@ -409,29 +410,8 @@ async def _insert_appointment(
         updated_at=now,
     )
     await _insert_guarded(session, appointment, is_postgresql=is_postgresql)
-    session.add(
-        AppointmentHistory(
-            organization_id=organization_id,
-            appointment_id=appointment.id,
-            at=now,
-            actor_id=actor.user_id,
-            from_status=None,
-            to_status=appointment.status,
-            start_at=start,
-            end_at=end,
-        )
-    )
-    audit_log.record(
-        session,
-        actor,
-        AuditEntry(
-            action=APPOINTMENT_HOLD if hold_for else APPOINTMENT_BOOK,
-            outcome=Outcome.success,
-            resource_type="appointment",
-            resource_id=str(appointment.id),
-            patient_id=patient.id,
-            details={"facility_id": str(facility.id), "practitioner_id": str(practitioner.id)},
-        ),
+    _record_transition(
+        session, audit_log, actor, appointment, None, APPOINTMENT_HOLD if hold_for else APPOINTMENT_BOOK, now
     )
     await session.flush()
     return appointment
@@ -487,6 +467,42 @@ async def _insert_guarded(session: AsyncSession, appointment: Appointment, *, is
                 ) from None
             # The savepoint's rollback took the pending row out of the session; it is added again above.
             await asyncio.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter, not a secret
+
+
+def _record_transition(
+    session: AsyncSession,
+    audit_log: AuditLog,
+    actor: Actor,
+    appointment: Appointment,
+    from_status: str | None,
+    action: str,
+    now: datetime,
+) -> None:
+    """Every change of an appointment leaves a history row and an audit entry, in its own transaction."""
+    session.add(
+        AppointmentHistory(
+            organization_id=appointment.organization_id,
+            appointment_id=appointment.id,
+            at=now,
+            actor_id=actor.user_id,
+            from_status=from_status,
+            to_status=appointment.status,
+            start_at=appointment.start_at,
+            end_at=appointment.end_at,
+        )
+    )
+    audit_log.record(
+        session,
+        actor,
+        AuditEntry(
+            action=action,
+            outcome=Outcome.success,
+            resource_type="appointment",
+            resource_id=str(appointment.id),
+            patient_id=appointment.patient_id,
+            details={"facility_id": str(appointment.facility_id), "practitioner_id": str(appointment.practitioner_id)},
+        ),
+    )
 
 
 def _overlap_conflict(message: str) -> Conflict:
@@ -625,29 +641,6 @@ async def confirm_hold(session: AsyncSession, audit_log: AuditLog, actor: Actor,
     hold.hold_expires_at = None
     hold.updated_at = now
     hold.version += 1
-    session.add(
-        AppointmentHistory(
-            organization_id=hold.organization_id,
-            appointment_id=hold.id,
-            at=now,
-            actor_id=actor.user_id,
-            from_status=AppointmentStatus.held.value,
-            to_status=AppointmentStatus.booked.value,
-            start_at=hold.start_at,
-            end_at=hold.end_at,
-        )
-    )
-    audit_log.record(
-        session,
-        actor,
-        AuditEntry(
-            action=APPOINTMENT_CONFIRM,
-            outcome=Outcome.success,
-            resource_type="appointment",
-            resource_id=str(hold.id),
-            patient_id=hold.patient_id,
-            details={"facility_id": str(hold.facility_id), "practitioner_id": str(hold.practitioner_id)},
-        ),
-    )
+    _record_transition(session, audit_log, actor, hold, AppointmentStatus.held.value, APPOINTMENT_CONFIRM, now)
     await session.flush()
     return hold

@@ -22,12 +22,13 @@ key missing from the ring) are left as they are and reported as remaining.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import os
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ async def rewrap_keys(
     key_ring: KeyRing,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int], Awaitable[None] | None] | None = None,
 ) -> RotationReport:
     """Re-wrap every patient data key and organization index key that is not under ``key_ring.primary_kid``.
 
@@ -138,16 +139,19 @@ async def rewrap_keys(
 
 
 class _Progress:
-    def __init__(self, total: int, callback: Callable[[int, int], None] | None) -> None:
+    def __init__(self, total: int, callback: Callable[[int, int], Awaitable[None] | None] | None) -> None:
         self.total = total
         self.done = 0
         self._callback = callback
 
-    def advance(self, rows: int) -> None:
+    async def advance(self, rows: int) -> None:
         self.done += rows
         self.total = max(self.total, self.done)
         if self._callback is not None:
-            self._callback(self.done, self.total)
+            # Called between batches, with no transaction open: a caller may await here (a test pacing readers).
+            reported = self._callback(self.done, self.total)
+            if inspect.isawaitable(reported):
+                await reported
 
 
 async def organization_ids(database: Database) -> list[uuid.UUID]:
@@ -198,7 +202,7 @@ async def _rewrap_index_key(
                 .execution_options(synchronize_session=False)
             )
             changed = result.rowcount  # type: ignore[attr-defined]
-    progress.advance(1)
+    await progress.advance(1)
     return changed
 
 
@@ -220,7 +224,7 @@ async def _sweep_patient_keys(
                 key_ring.primary_kid,
                 rewrap_rows(key_ring, organization_id, PATIENTS_TABLE, rows),
             )
-        progress.advance(len(rows))
+        await progress.advance(len(rows))
         after = rows[-1][0]
         if len(rows) < batch_size:
             return changed

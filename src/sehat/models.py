@@ -2,6 +2,7 @@
 
 from sehat.access import models as access_models
 from sehat.core import audit as audit_models
+from sehat.core import events as event_models
 from sehat.core.db import Base
 from sehat.identity import models as identity_models
 from sehat.patients import models as patient_models
@@ -13,6 +14,7 @@ metadata = Base.metadata
 __all__ = [
     "access_models",
     "audit_models",
+    "event_models",
     "identity_models",
     "metadata",
     "patient_models",

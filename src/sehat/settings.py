@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     )
     patient_invitation_hours: int = Field(default=72, ge=1, le=24 * 30, description="How long an invitation link works")
     slot_hold_minutes: int = Field(default=5, ge=1, le=60, description="How long a slot hold blocks its time")
+    waitlist_hold_minutes: int = Field(
+        default=120,
+        ge=5,
+        le=24 * 60,
+        description="How long freed time offered to the first patient on a waitlist is held for them to confirm",
+    )
     background_jobs: bool = Field(
         default=True,
         description="Seal audit entries and run the anomaly rules in this server process; turn off on app "

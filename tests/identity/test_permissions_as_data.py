@@ -46,6 +46,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.read",
         "appointment.book",
         "appointment.manage",
+        "appointment.change",
         "waitlist.manage",
     },
     "front_office": {
@@ -61,6 +62,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.read",
         "appointment.book",
         "appointment.manage",
+        "appointment.change",
         "waitlist.manage",
     },
     "doctor": {
@@ -80,6 +82,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "schedule.read",
         "appointment.read",
         "appointment.manage",
+        "appointment.change",
     },
     "billing": {"self.session", "facility.read", "patient.read", "patient.read_all_facilities"},
     "auditor": {"self.session", "facility.read", "user.read", "audit.read", "alert.read"},
@@ -93,6 +96,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "schedule.read",
         "appointment.read",
         "appointment.book",
+        "appointment.change",
         "waitlist.manage",
     },
 }

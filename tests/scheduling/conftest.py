@@ -23,6 +23,7 @@ class Clinic:
     practitioner_ids: list[str]
     type_ids: dict[str, str]
     patient_ids: list[str]
+    department_id: str | None = None
 
     @property
     def api(self) -> Api:
@@ -46,6 +47,33 @@ class Clinic:
             "/api/v1/appointments", headers={**self.desk.front_office, **headers}, json=body
         )
 
+    async def booked(self, *, start: datetime, patient: int = 0, practitioner: int = 0, kind: str = "new") -> Any:
+        """Book, expecting success: the appointment as the API returned it."""
+        response = await self.book(self.booking(start=start, patient=patient, practitioner=practitioner, kind=kind))
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def post(self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
+        return await self.api.client.post(f"/api/v1{path}", headers=headers or self.desk.front_office, json=body)
+
+    async def get(self, path: str, headers: dict[str, str] | None = None, **params: Any) -> Any:
+        return await self.api.client.get(f"/api/v1{path}", headers=headers or self.desk.front_office, params=params)
+
+    async def appointment(self, appointment_id: str) -> Any:
+        response = await self.get(f"/appointments/{appointment_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def patient_headers(self, patient: int) -> dict[str, str]:
+        """A patient account linked to patient ``patient``, signed in."""
+        email = f"patient{patient}@clinic-patients.test"
+        await self.api.add_patient_account(
+            self.desk.tenant.organization_id, email, patient_id=uuid.UUID(self.patient_ids[patient])
+        )
+        response = await self.api.sign_in(email)
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
 
 def tomorrow_at(hour: int, minute: int = 0) -> datetime:
     """A local time at the Karachi facility, tomorrow (always in the future, always within the hours below)."""
@@ -53,9 +81,20 @@ def tomorrow_at(hour: int, minute: int = 0) -> datetime:
     return datetime.combine(day, time(hour, minute), tzinfo=KARACHI)
 
 
-async def open_clinic(api: Api, *, patients: int = 3, practitioners: int = 1) -> Clinic:
+async def open_clinic(
+    api: Api, *, patients: int = 3, practitioners: int = 1, specialties: tuple[str, ...] = ()
+) -> Clinic:
+    """``specialties`` names each practitioner's specialty in turn (general medicine when not named); every
+    practitioner belongs to the clinic's one department."""
     desk = await open_desk(api, "clinic", roles=("front_office", "doctor", "nurse"))
     admin = desk.admin
+    department = await api.client.post(
+        "/api/v1/departments",
+        headers=admin,
+        json={"facility_id": str(desk.tenant.facility_ids[0]), "name": "General OPD", "code": "GOPD"},
+    )
+    assert department.status_code == 201, department.text
+    department_id = department.json()["id"]
     practitioner_ids = []
     for number in range(practitioners):
         if number == 0:
@@ -81,9 +120,10 @@ async def open_clinic(api: Api, *, patients: int = 3, practitioners: int = 1) ->
             json={
                 "user_id": str(user_id),
                 "display_name": f"Dr. Clinic {number}",
-                "specialty": "general_medicine",
+                "specialty": specialties[number] if number < len(specialties) else "general_medicine",
                 "languages": ["ur", "en"],
                 "facility_ids": [str(desk.tenant.facility_ids[0])],
+                "department_ids": [department_id],
             },
         )
         assert response.status_code == 201, response.text
@@ -117,7 +157,7 @@ async def open_clinic(api: Api, *, patients: int = 3, practitioners: int = 1) ->
             given_name=f"Patient{number}", phone=f"+9198{number:08d}", email=None, national_id=None
         )
         patient_ids.append(patient["id"])
-    return Clinic(desk, practitioner_ids, type_ids, patient_ids)
+    return Clinic(desk, practitioner_ids, type_ids, patient_ids, department_id)
 
 
 async def _user_id(api: Api, email: str) -> uuid.UUID:

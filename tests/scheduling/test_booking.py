@@ -60,10 +60,13 @@ async def test_back_to_back_appointments_do_not_conflict(clinic: Clinic) -> None
     assert (await clinic.book(clinic.booking(start=start + timedelta(minutes=20), patient=1))).status_code == 201
 
 
-async def test_a_time_off_the_slot_grid_is_not_offered(clinic: Clinic) -> None:
+async def test_a_time_off_the_slot_grid_is_bad_input_naming_the_start(clinic: Clinic) -> None:
     response = await clinic.book(clinic.booking(start=tomorrow_at(10, 5)))
-    assert response.status_code == 409
-    assert response.json()["code"] == "outside_availability"
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "not_on_slot_grid"
+    assert [error["field"] for error in problem["errors"]] == ["start"]
+    assert await _count(clinic, Appointment) == 0
 
 
 async def test_bad_input_is_422_with_the_field_named(clinic: Clinic) -> None:

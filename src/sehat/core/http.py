@@ -10,11 +10,11 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -26,12 +26,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sehat.core.actor import SystemActor
 from sehat.core.audit import AuditEntry, AuditLog, Outcome
+from sehat.core.crypto import KeyRing
 from sehat.core.db import finish
 from sehat.core.errors import (
     Conflict,
     InternalError,
     InvalidInput,
     PayloadTooLarge,
+    PreconditionFailed,
     Problem,
     ServiceUnavailable,
     problem_for_status,
@@ -66,6 +68,25 @@ async def get_audit_log(request: Request) -> AuditLog:
     """The process's audit log, for routes whose service records entries."""
     audit_log: AuditLog = request.app.state.audit
     return audit_log
+
+
+async def get_key_ring(request: Request) -> KeyRing:
+    """The master key ring, for services that seal values directly with it (reasons, secrets)."""
+    key_ring: KeyRing = request.app.state.auth.key_ring
+    return key_ring
+
+
+IfMatch = Annotated[str | None, Header(max_length=64, description='The version read, as its ETag: "3"')]
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an ``If-Match`` header names (our ETags are the quoted version number), or None."""
+    if if_match is None:
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise PreconditionFailed("If-Match must be the ETag this server sent.", code="version_mismatch")
+    return int(tag)
 
 
 async def get_session(request: Request) -> AsyncSession:

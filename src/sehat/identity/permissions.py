@@ -48,6 +48,8 @@ SCHEDULE_MANAGE = "schedule.manage"
 APPOINTMENT_READ = "appointment.read"
 APPOINTMENT_BOOK = "appointment.book"
 APPOINTMENT_MANAGE = "appointment.manage"
+# Cancel and reschedule: staff who manage appointments, and a patient their own.
+APPOINTMENT_CHANGE = "appointment.change"
 WAITLIST_MANAGE = "waitlist.manage"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
@@ -79,6 +81,7 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         APPOINTMENT_READ,
         APPOINTMENT_BOOK,
         APPOINTMENT_MANAGE,
+        APPOINTMENT_CHANGE,
         WAITLIST_MANAGE,
     }
 )

@@ -6,13 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, Response, status
+from fastapi import Depends, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
-from sehat.core.errors import PreconditionFailed
-from sehat.core.http import api_router, get_audit_log, get_session
+from sehat.core.http import IfMatch, api_router, expected_version, get_audit_log, get_session
 from sehat.core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
 from sehat.identity.permissions import PATIENT_MERGE, PATIENT_READ, PATIENT_SELF, PATIENT_WRITE
@@ -37,7 +36,6 @@ Merger = Annotated[Actor, Depends(require(PATIENT_MERGE))]
 Self = Annotated[Actor, Depends(require(PATIENT_SELF, audiences=(Audience.patient,)))]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 Cursor = Annotated[str | None, Query(max_length=512)]
-IfMatch = Annotated[str | None, Header(max_length=64, description='The version read, as its ETag: "3"')]
 
 
 async def get_vault(request: Request) -> PatientVault:
@@ -46,15 +44,6 @@ async def get_vault(request: Request) -> PatientVault:
 
 Vault = Annotated[PatientVault, Depends(get_vault)]
 Audit = Annotated[AuditLog, Depends(get_audit_log)]
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
-        raise PreconditionFailed("If-Match must be the ETag this server sent.", code="version_mismatch")
-    return int(tag)
 
 
 def _with_etag(response: Response, view: service.PatientView) -> None:
@@ -113,7 +102,7 @@ async def update_patient(
 ) -> PatientRead:
     """Correct demographics. Send the ETag you read as `If-Match`: 428 without it, 412 if it is stale."""
     view = await service.update_patient(
-        session, vault, audit, actor, patient_id, body, expected_version=_expected_version(if_match)
+        session, vault, audit, actor, patient_id, body, expected_version=expected_version(if_match)
     )
     _with_etag(response, view)
     return service.present(actor, view)
@@ -154,7 +143,7 @@ async def correct_own_patient(
         actor,
         patient_id,
         body,
-        expected_version=_expected_version(if_match),
+        expected_version=expected_version(if_match),
         allowed_fields=SELF_CORRECTABLE_FIELDS,
     )
     _with_etag(response, view)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.crypto import KeyRing
-from sehat.core.http import api_router, get_session
+from sehat.core.http import api_router, get_key_ring, get_session
 from sehat.identity.deps import Require
 from sehat.identity.permissions import (
     CONSENT_READ,
@@ -48,10 +48,6 @@ Eraser = Annotated[Actor, Depends(Require(PATIENT_ERASE))]
 
 async def get_auth(request: Request) -> AuthRuntime:
     return request.app.state.auth
-
-
-async def get_key_ring(request: Request) -> KeyRing:
-    return request.app.state.auth.key_ring
 
 
 Auth = Annotated[AuthRuntime, Depends(get_auth)]

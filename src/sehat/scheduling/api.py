@@ -6,25 +6,47 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, status
+from fastapi import Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
-from sehat.core.http import api_router, get_audit_log, get_session
+from sehat.core.crypto import KeyRing
+from sehat.core.http import IfMatch, api_router, expected_version, get_audit_log, get_key_ring, get_session
+from sehat.core.pagination import MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
-from sehat.identity.permissions import APPOINTMENT_BOOK, APPOINTMENT_READ, SCHEDULE_MANAGE, SCHEDULE_READ
-from sehat.scheduling import service
+from sehat.identity.permissions import (
+    APPOINTMENT_BOOK,
+    APPOINTMENT_CHANGE,
+    APPOINTMENT_MANAGE,
+    APPOINTMENT_READ,
+    SCHEDULE_MANAGE,
+    SCHEDULE_READ,
+    WAITLIST_MANAGE,
+)
+from sehat.scheduling import changes, conflicts, service, waitlist
+from sehat.scheduling.models import Appointment
 from sehat.scheduling.schemas import (
+    AbsenceCreate,
+    AppointmentCancel,
     AppointmentCreate,
+    AppointmentListQuery,
     AppointmentRead,
+    AppointmentReschedule,
     AppointmentTypeCreate,
     AppointmentTypeRead,
+    ExceptionRead,
+    ExtraSessionCreate,
+    HolidayCreate,
+    HolidayRead,
+    HoursRemoved,
     PractitionerCreate,
     PractitionerRead,
     SlotQuery,
     SlotRead,
+    WaitlistCreate,
+    WaitlistRead,
     WeeklyHoursCreate,
     WeeklyHoursRead,
 )
@@ -37,6 +59,10 @@ Manager = Annotated[Actor, Depends(require(SCHEDULE_MANAGE))]
 ScheduleReader = Annotated[Actor, Depends(require(SCHEDULE_READ, audiences=BOTH))]
 Booker = Annotated[Actor, Depends(require(APPOINTMENT_BOOK, audiences=BOTH))]
 AppointmentReader = Annotated[Actor, Depends(require(APPOINTMENT_READ, audiences=BOTH))]
+AppointmentChanger = Annotated[Actor, Depends(require(APPOINTMENT_CHANGE, audiences=BOTH))]
+AppointmentManager = Annotated[Actor, Depends(require(APPOINTMENT_MANAGE))]
+WaitlistManager = Annotated[Actor, Depends(require(WAITLIST_MANAGE, audiences=BOTH))]
+Keys = Annotated[KeyRing, Depends(get_key_ring)]
 IdempotencyKey = Annotated[
     str | None, Header(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$", description="Retry safely")
 ]
@@ -47,7 +73,9 @@ Audit = Annotated[AuditLog, Depends(get_audit_log)]
 
 async def _practitioner_read(session: AsyncSession, practitioner: object) -> PractitionerRead:
     read = PractitionerRead.model_validate(practitioner)
-    read.facility_ids, read.department_ids = await service.practitioner_links(session, read.id)
+    links = await service.practitioner_links(session, read.id)
+    read.facility_ids, read.department_ids = links.facility_ids, links.department_ids
+    read.appointment_type_ids = links.appointment_type_ids
     return read
 
 
@@ -105,15 +133,12 @@ async def book_appointment(
     return JSONResponse(content, status_code=status_code)
 
 
-@router.get("/appointments/{appointment_id}", response_model=AppointmentRead)
-async def get_appointment(appointment_id: uuid.UUID, actor: AppointmentReader, session: Session) -> AppointmentRead:
-    return service.present(await service.get_appointment(session, actor, appointment_id))
-
-
 @router.get("/slots", response_model=list[SlotRead])
 async def find_slots(query: Annotated[SlotQuery, Query()], actor: ScheduleReader, session: Session) -> list[SlotRead]:
-    """Free slots of a practitioner at a facility for an appointment type, `from` to `to` (at most 31 days)."""
-    return [SlotRead(start=slot.start, end=slot.end) for slot in await service.find_free_slots(session, actor, query)]
+    """Free slots at a facility for an appointment type, `from` to `to` (at most 31 days): of one practitioner,
+    or of every practitioner of a department or a specialty there."""
+    slots = await service.find_free_slots(session, actor, query)
+    return [SlotRead(start=slot.start, end=slot.end, practitioner_id=slot.practitioner_id) for slot in slots]
 
 
 @router.post("/slot-holds", response_model=AppointmentRead, status_code=status.HTTP_201_CREATED)
@@ -127,4 +152,204 @@ async def hold_slot(
 
 @router.post("/slot-holds/{hold_id}/confirm", response_model=AppointmentRead)
 async def confirm_hold(hold_id: uuid.UUID, actor: Booker, session: Session, audit: Audit) -> AppointmentRead:
-    return service.present(await service.confirm_hold(session, audit, actor, hold_id))
+    return service.present(await changes.confirm_hold(session, audit, actor, hold_id))
+
+
+# --- schedule changes ----------------------------------------------------------------------------------
+
+
+@router.delete("/practitioners/{practitioner_id}/availability/{rule_id}", response_model=HoursRemoved)
+async def remove_weekly_hours(
+    practitioner_id: uuid.UUID, rule_id: uuid.UUID, actor: Manager, session: Session, audit: Audit
+) -> HoursRemoved:
+    """Stop recurring hours. Future appointments left outside working time become `needs_reschedule`."""
+    flagged = await conflicts.remove_weekly_hours(session, audit, actor, practitioner_id, rule_id)
+    return HoursRemoved(needs_reschedule=flagged)
+
+
+@router.post("/practitioners/{practitioner_id}/leave", response_model=ExceptionRead, status_code=201)
+async def add_leave(
+    practitioner_id: uuid.UUID, body: AbsenceCreate, actor: Manager, session: Session, audit: Audit
+) -> ExceptionRead:
+    """Leave at one facility, or everywhere. Appointments it covers become `needs_reschedule`, each with the
+    next free slots of the same or an equivalent practitioner; none is cancelled."""
+    leave, flagged = await conflicts.add_leave(session, audit, actor, practitioner_id, body)
+    read = ExceptionRead.model_validate(leave)
+    read.needs_reschedule = flagged
+    return read
+
+
+@router.post("/practitioners/{practitioner_id}/extra-sessions", response_model=ExceptionRead, status_code=201)
+async def add_extra_session(
+    practitioner_id: uuid.UUID, body: ExtraSessionCreate, actor: Manager, session: Session
+) -> ExceptionRead:
+    return ExceptionRead.model_validate(await conflicts.add_extra_session(session, actor, practitioner_id, body))
+
+
+@router.get("/practitioners/{practitioner_id}/exceptions", response_model=list[ExceptionRead])
+async def list_exceptions(practitioner_id: uuid.UUID, actor: ScheduleReader, session: Session) -> list[ExceptionRead]:
+    """Current and future leave and extra sessions."""
+    rows = await conflicts.list_exceptions(session, actor, practitioner_id)
+    return [ExceptionRead.model_validate(row) for row in rows]
+
+
+@router.post("/holidays", response_model=HolidayRead, status_code=201)
+async def add_holiday(body: HolidayCreate, actor: Manager, session: Session, audit: Audit) -> HolidayRead:
+    """Close a facility for a local day; that day's appointments become `needs_reschedule`."""
+    holiday, flagged = await conflicts.add_holiday(session, audit, actor, body)
+    read = HolidayRead.model_validate(holiday)
+    read.needs_reschedule = flagged
+    return read
+
+
+# --- appointments ----------------------------------------------------------------------------------------
+
+
+def _with_etag(response: Response, appointment: Appointment) -> None:
+    response.headers["ETag"] = f'"{appointment.version}"'
+
+
+@router.get("/appointments", response_model=Page[AppointmentRead])
+async def list_appointments(
+    query: Annotated[AppointmentListQuery, Query()], actor: AppointmentReader, session: Session, audit: Audit
+) -> Page[AppointmentRead]:
+    """Appointments you may see (a patient: their own; staff: at their facilities), filtered."""
+    items, cursor = await changes.list_appointments(session, audit, actor, query)
+    return Page[AppointmentRead](items=items, next_cursor=cursor)
+
+
+@router.get("/appointments/{appointment_id}", response_model=AppointmentRead)
+async def get_appointment(
+    appointment_id: uuid.UUID, actor: AppointmentReader, session: Session, audit: Audit, keys: Keys
+) -> AppointmentRead:
+    return await changes.read_appointment(session, audit, keys, actor, appointment_id)
+
+
+@router.get("/appointments/{appointment_id}/reschedule-options", response_model=list[SlotRead])
+async def reschedule_options(appointment_id: uuid.UUID, actor: AppointmentReader, session: Session) -> list[SlotRead]:
+    """The next free slots for this appointment with its practitioner or an equivalent one."""
+    appointment = await changes.visible_appointment(session, actor, appointment_id)
+    return await conflicts.offers_for(session, actor, appointment)
+
+
+def _waitlist_hold(request: Request) -> timedelta:
+    return timedelta(minutes=request.app.state.settings.waitlist_hold_minutes)
+
+
+@router.post("/appointments/{appointment_id}/cancel", response_model=AppointmentRead)
+async def cancel_appointment(
+    appointment_id: uuid.UUID,
+    body: AppointmentCancel,
+    actor: AppointmentChanger,
+    session: Session,
+    audit: Audit,
+    keys: Keys,
+    request: Request,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AppointmentRead:
+    """Cancel with a reason code (and optional text, sealed at rest). The time is free at once, and the first
+    matching patient on the waitlist is offered it as a hold."""
+    appointment = await changes.cancel(
+        session,
+        audit,
+        keys,
+        actor,
+        appointment_id,
+        body,
+        expected_version=expected_version(if_match),
+        waitlist_hold=_waitlist_hold(request),
+    )
+    _with_etag(response, appointment)
+    return changes.present(appointment)
+
+
+@router.post("/appointments/{appointment_id}/reschedule", response_model=AppointmentRead)
+async def reschedule_appointment(
+    appointment_id: uuid.UUID,
+    body: AppointmentReschedule,
+    actor: AppointmentChanger,
+    session: Session,
+    audit: Audit,
+    request: Request,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AppointmentRead:
+    """Move to a new time, atomically: 409 (`slot_taken`, `patient_busy`, ...) leaves the old time booked."""
+    appointment = await changes.reschedule(
+        session,
+        audit,
+        actor,
+        appointment_id,
+        body,
+        expected_version=expected_version(if_match),
+        waitlist_hold=_waitlist_hold(request),
+    )
+    _with_etag(response, appointment)
+    return changes.present(appointment)
+
+
+@router.post("/appointments/{appointment_id}/check-in", response_model=AppointmentRead)
+async def check_in(
+    appointment_id: uuid.UUID,
+    actor: AppointmentManager,
+    session: Session,
+    audit: Audit,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AppointmentRead:
+    appointment = await changes.check_in(
+        session, audit, actor, appointment_id, expected_version=expected_version(if_match)
+    )
+    _with_etag(response, appointment)
+    return changes.present(appointment)
+
+
+@router.post("/appointments/{appointment_id}/no-show", response_model=AppointmentRead)
+async def mark_no_show(
+    appointment_id: uuid.UUID,
+    actor: AppointmentManager,
+    session: Session,
+    audit: Audit,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AppointmentRead:
+    appointment = await changes.mark_no_show(
+        session, audit, actor, appointment_id, expected_version=expected_version(if_match)
+    )
+    _with_etag(response, appointment)
+    return changes.present(appointment)
+
+
+# --- waitlist ---------------------------------------------------------------------------------------------
+
+
+@router.post("/waitlist", response_model=WaitlistRead, status_code=201)
+async def join_waitlist(body: WaitlistCreate, actor: WaitlistManager, session: Session, audit: Audit) -> WaitlistRead:
+    """Wait for a practitioner or a department between two dates; freed time is offered as a hold."""
+    return WaitlistRead.model_validate(await waitlist.join(session, audit, actor, body))
+
+
+@router.get("/waitlist", response_model=Page[WaitlistRead])
+async def list_waitlist(
+    actor: WaitlistManager,
+    session: Session,
+    audit: Audit,
+    status: Annotated[str | None, Query(pattern=r"^(waiting|offered|booked|withdrawn)$")] = None,
+    facility_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[WaitlistRead]:
+    """First in line first."""
+    rows, next_cursor = await waitlist.list_entries(
+        session, audit, actor, status=status, facility_id=facility_id, limit=limit, cursor=cursor
+    )
+    return Page[WaitlistRead](items=[WaitlistRead.model_validate(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.delete("/waitlist/{entry_id}", response_model=WaitlistRead)
+async def withdraw_from_waitlist(
+    entry_id: uuid.UUID, actor: WaitlistManager, session: Session, audit: Audit
+) -> WaitlistRead:
+    """Leave the waitlist; a hold it was offered is released."""
+    return WaitlistRead.model_validate(await waitlist.withdraw(session, audit, actor, entry_id))

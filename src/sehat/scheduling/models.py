@@ -74,6 +74,16 @@ class PractitionerDepartment(Base):
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
 
 
+class PractitionerAppointmentType(Base):
+    """An appointment type a practitioner offers. A practitioner with none listed offers every type."""
+
+    __tablename__ = "practitioner_appointment_types"
+
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), primary_key=True)
+    appointment_type_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("appointment_types.id"), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
+
+
 class AppointmentType(IdMixin, Base):
     __tablename__ = "appointment_types"
     __table_args__ = (Index("uq_appointment_types_organization_id_code", "organization_id", "code", unique=True),)
@@ -106,6 +116,11 @@ class WeeklyHoursRule(IdMixin, Base):
     valid_until: Mapped[date | None]
 
 
+class ExceptionKind(StrEnum):
+    extra = "extra"
+    leave = "leave"
+
+
 class AvailabilityException(IdMixin, Base):
     """A one-off extra session (``extra``) or an absence (``leave``, holidays included), in UTC instants."""
 
@@ -121,6 +136,23 @@ class AvailabilityException(IdMixin, Base):
     starts_at: Mapped[datetime]
     ends_at: Mapped[datetime]
     reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class FacilityHoliday(IdMixin, Base):
+    """A local calendar day on which a facility is closed: nobody works there, whatever their hours say."""
+
+    __tablename__ = "facility_holidays"
+    __table_args__ = (
+        Index(
+            "uq_facility_holidays_organization_id_facility_id_day", "organization_id", "facility_id", "day", unique=True
+        ),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    day: Mapped[date]
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Appointment(IdMixin, Base):
@@ -143,8 +175,10 @@ class Appointment(IdMixin, Base):
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # A cancellation reason may describe the patient's condition: sealed under the key ring.
+    # A cancellation reason may describe the patient's condition: sealed under the key ring. The code beside it
+    # (a closed list) is what reports count.
     reason_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    cancellation_code: Mapped[str | None] = mapped_column(String(32))
 
 
 class AppointmentHistory(IdMixin, Base):
@@ -179,17 +213,35 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WaitlistStatus(StrEnum):
+    waiting = "waiting"
+    # A cancellation freed matching time and the patient holds it now (``hold_id``) until they confirm.
+    offered = "offered"
+    booked = "booked"
+    withdrawn = "withdrawn"
+
+
 class WaitlistEntry(IdMixin, Base):
+    """A patient waiting for a practitioner, or for anyone in a department, at a facility, between two local
+    dates. The first in line is offered freed time as a hold."""
+
     __tablename__ = "waitlist_entries"
-    __table_args__ = (Index("ix_waitlist_entries_open", "organization_id", "status", "created_at"),)
+    __table_args__ = (
+        CheckConstraint("(practitioner_id IS NULL) <> (department_id IS NULL)", name="one_target"),
+        CheckConstraint("to_date >= from_date", name="date_order"),
+        Index("ix_waitlist_entries_waiting", "organization_id", "facility_id", "status", "created_at"),
+    )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
     patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"))
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
     practitioner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
     department_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("departments.id"))
     appointment_type_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("appointment_types.id"))
     from_date: Mapped[date]
     to_date: Mapped[date]
-    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    status: Mapped[str] = mapped_column(String(16), default=WaitlistStatus.waiting.value)
     hold_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointments.id"))
+    created_by: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sehat.core.actor import Actor, Audience
+from sehat.core.actor import Actor, Audience, SystemActor
 from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.clock import utcnow
 from sehat.core.db import insert_ignoring_conflicts
@@ -40,8 +41,11 @@ from sehat.scheduling.models import (
     AppointmentStatus,
     AppointmentType,
     AvailabilityException,
+    ExceptionKind,
+    FacilityHoliday,
     IdempotencyRecord,
     Practitioner,
+    PractitionerAppointmentType,
     PractitionerDepartment,
     PractitionerFacility,
     WeeklyHoursRule,
@@ -66,7 +70,7 @@ BOOK_ROUTE = "POST /api/v1/appointments"
 # --- practitioners, appointment types, hours -------------------------------------------------------------
 
 
-async def _facility(session: AsyncSession, actor: Actor, facility_id: uuid.UUID) -> Facility:
+async def visible_facility(session: AsyncSession, actor: Actor, facility_id: uuid.UUID) -> Facility:
     facility = await session.scalar(scoped_select(Facility, actor).where(Facility.id == facility_id))
     if facility is None:
         raise NotFound("Facility not found.", code="facility_not_found")
@@ -80,10 +84,13 @@ async def create_practitioner(session: AsyncSession, actor: Actor, request: Prac
     if user is None:
         raise NotFound("User not found.", code="user_not_found")
     for facility_id in request.facility_ids:
-        await _facility(session, actor, facility_id)
+        await visible_facility(session, actor, facility_id)
     for department_id in request.department_ids:
         if await session.scalar(scoped_select(Department, actor).where(Department.id == department_id)) is None:
             raise NotFound("Department not found.", code="department_not_found")
+    for type_id in request.appointment_type_ids:
+        if await session.scalar(scoped_select(AppointmentType, actor).where(AppointmentType.id == type_id)) is None:
+            raise NotFound("Appointment type not found.", code="appointment_type_not_found")
     existing = await session.scalar(scoped_select(Practitioner, actor).where(Practitioner.user_id == user.id))
     if existing is not None:
         raise Conflict("This user already has a practice profile.", code="practitioner_exists")
@@ -96,18 +103,15 @@ async def create_practitioner(session: AsyncSession, actor: Actor, request: Prac
         languages=request.languages,
     )
     session.add(practitioner)
-    session.add_all(
-        PractitionerFacility(
-            practitioner_id=practitioner.id, facility_id=facility_id, organization_id=user.organization_id
-        )
-        for facility_id in set(request.facility_ids)
+    links = (
+        [PractitionerFacility(facility_id=facility_id) for facility_id in set(request.facility_ids)]
+        + [PractitionerDepartment(department_id=department_id) for department_id in set(request.department_ids)]
+        + [PractitionerAppointmentType(appointment_type_id=type_id) for type_id in set(request.appointment_type_ids)]
     )
-    session.add_all(
-        PractitionerDepartment(
-            practitioner_id=practitioner.id, department_id=department_id, organization_id=user.organization_id
-        )
-        for department_id in set(request.department_ids)
-    )
+    for link in links:
+        link.practitioner_id = practitioner.id
+        link.organization_id = actor.organization_id
+    session.add_all(links)
     await session.flush()
     return practitioner
 
@@ -120,16 +124,24 @@ async def get_practitioner(session: AsyncSession, actor: Actor, practitioner_id:
     return practitioner
 
 
-async def practitioner_links(
-    session: AsyncSession, practitioner_id: uuid.UUID
-) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    facilities = await session.scalars(
-        select(PractitionerFacility.facility_id).where(PractitionerFacility.practitioner_id == practitioner_id)
+@dataclass(frozen=True)
+class PractitionerLinks:
+    facility_ids: list[uuid.UUID]
+    department_ids: list[uuid.UUID]
+    appointment_type_ids: list[uuid.UUID]
+
+
+async def practitioner_links(session: AsyncSession, practitioner_id: uuid.UUID) -> PractitionerLinks:
+    async def ids(column: Any, owner: Any) -> list[uuid.UUID]:
+        return sorted((await session.scalars(select(column).where(owner == practitioner_id))).all())
+
+    return PractitionerLinks(
+        facility_ids=await ids(PractitionerFacility.facility_id, PractitionerFacility.practitioner_id),
+        department_ids=await ids(PractitionerDepartment.department_id, PractitionerDepartment.practitioner_id),
+        appointment_type_ids=await ids(
+            PractitionerAppointmentType.appointment_type_id, PractitionerAppointmentType.practitioner_id
+        ),
     )
-    departments = await session.scalars(
-        select(PractitionerDepartment.department_id).where(PractitionerDepartment.practitioner_id == practitioner_id)
-    )
-    return sorted(facilities.all()), sorted(departments.all())
 
 
 async def create_appointment_type(
@@ -160,8 +172,7 @@ async def add_weekly_hours(
 ) -> WeeklyHoursRule:
     policy.ensure_can_manage_schedules(actor)
     practitioner = await get_practitioner(session, actor, practitioner_id)
-    facility_ids, _ = await practitioner_links(session, practitioner.id)
-    if request.facility_id not in facility_ids:
+    if request.facility_id not in (await practitioner_links(session, practitioner.id)).facility_ids:
         raise InvalidInput(
             "The practitioner does not work at this facility.",
             code="facility_not_of_practitioner",
@@ -190,6 +201,9 @@ async def list_weekly_hours(session: AsyncSession, actor: Actor, practitioner_id
 
 # --- working time ---------------------------------------------------------------------------------------
 
+# The slot grid where a practitioner has only extra sessions at a facility and no weekly hours to take it from.
+DEFAULT_GRANULARITY = timedelta(minutes=10)
+
 
 @dataclass(frozen=True)
 class WorkingTime:
@@ -201,23 +215,23 @@ class WorkingTime:
 async def working_time(
     session: AsyncSession, practitioner_id: uuid.UUID, facility: Facility, start: datetime, end: datetime
 ) -> WorkingTime | None:
-    """The practitioner's working intervals at a facility within [start, end), with the slot grid of their
-    hours there; None when they have no hours at that facility."""
+    """The practitioner's working intervals at a facility within [start, end): weekly hours and extra sessions,
+    minus leave and the facility's holidays, with the slot grid of their hours there; None when they have
+    neither hours nor extra sessions there."""
+    organization_id = facility.organization_id
     rules = (
         await session.scalars(
             select(WeeklyHoursRule).where(
-                WeeklyHoursRule.organization_id == facility.organization_id,
+                WeeklyHoursRule.organization_id == organization_id,
                 WeeklyHoursRule.practitioner_id == practitioner_id,
                 WeeklyHoursRule.facility_id == facility.id,
             )
         )
     ).all()
-    if not rules:
-        return None
     exceptions = (
         await session.scalars(
             select(AvailabilityException).where(
-                AvailabilityException.organization_id == facility.organization_id,
+                AvailabilityException.organization_id == organization_id,
                 AvailabilityException.practitioner_id == practitioner_id,
                 AvailabilityException.starts_at < end,
                 AvailabilityException.ends_at > start,
@@ -225,6 +239,15 @@ async def working_time(
             )
         )
     ).all()
+    extra = [
+        availability.Interval(e.starts_at, e.ends_at)
+        for e in exceptions
+        if e.kind == ExceptionKind.extra and e.facility_id == facility.id
+    ]
+    if not rules and not extra:
+        return None
+    leave = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == ExceptionKind.leave]
+    leave += await _holidays(session, facility, start, end)
     hours = [
         availability.WeeklyHours(
             weekday=rule.weekday,
@@ -235,13 +258,28 @@ async def working_time(
         )
         for rule in rules
     ]
-    extra = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == "extra"]
-    leave = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == "leave"]
     intervals = availability.working_intervals(hours, facility.timezone, start, end, extra=extra, leave=leave)
     # One grid per practitioner and facility: the finest of their rules there.
-    granularity = timedelta(minutes=min(rule.slot_minutes for rule in rules))
-    buffer = timedelta(minutes=max(rule.buffer_minutes for rule in rules))
+    granularity = timedelta(minutes=min(rule.slot_minutes for rule in rules)) if rules else DEFAULT_GRANULARITY
+    buffer = timedelta(minutes=max((rule.buffer_minutes for rule in rules), default=0))
     return WorkingTime(intervals, granularity, buffer)
+
+
+async def _holidays(
+    session: AsyncSession, facility: Facility, start: datetime, end: datetime
+) -> list[availability.Interval]:
+    """The facility's closed days that touch [start, end), as UTC intervals of its local days."""
+    zone = ZoneInfo(facility.timezone)
+    first, last = start.astimezone(zone).date() - timedelta(days=1), end.astimezone(zone).date() + timedelta(days=1)
+    days = await session.scalars(
+        select(FacilityHoliday.day).where(
+            FacilityHoliday.organization_id == facility.organization_id,
+            FacilityHoliday.facility_id == facility.id,
+            FacilityHoliday.day >= first,
+            FacilityHoliday.day <= last,
+        )
+    )
+    return [availability.local_day(facility.timezone, day) for day in days]
 
 
 # --- booking ----------------------------------------------------------------------------------------------
@@ -295,7 +333,7 @@ async def settle_idempotency_key(
     await session.flush()
 
 
-async def _ensure_patient_bookable(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
+async def bookable_patient(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
     is_patient = actor.audience is Audience.patient
     if is_patient and await patients_service.own_patient_id(session, actor) != patient_id:
         raise NotFound("Patient not found.", code="patient_not_found")
@@ -307,17 +345,84 @@ async def _ensure_patient_bookable(session: AsyncSession, actor: Actor, patient_
     return patient
 
 
-async def _ensure_staff_works_at(session: AsyncSession, actor: Actor, facility: Facility) -> None:
-    """Front office books at their own facilities; organization administrators anywhere."""
+async def ensure_staff_works_at(session: AsyncSession, actor: Actor, facility_id: uuid.UUID) -> None:
+    """Front office and nurses act at their own facilities; organization administrators anywhere. A facility
+    they do not work at is, to them, not found."""
     if actor.audience is Audience.patient or tenancy_policy.sees_every_facility(actor):
         return
     works_there = await session.scalar(
         select(UserFacility.facility_id).where(
-            UserFacility.user_id == actor.user_id, UserFacility.facility_id == facility.id
+            UserFacility.user_id == actor.user_id, UserFacility.facility_id == facility_id
         )
     )
     if works_there is None:
         raise NotFound("Facility not found.", code="facility_not_found")
+
+
+async def bookable_practitioner(session: AsyncSession, actor: Actor, practitioner_id: uuid.UUID) -> Practitioner:
+    practitioner = await session.scalar(
+        scoped_select(Practitioner, actor).where(Practitioner.id == practitioner_id, Practitioner.active)
+    )
+    if practitioner is None:
+        raise NotFound("Practitioner not found.", code="practitioner_not_found")
+    return practitioner
+
+
+async def offered_type(
+    session: AsyncSession, actor: Actor, practitioner: Practitioner, appointment_type_id: uuid.UUID
+) -> AppointmentType:
+    """The active appointment type, if the practitioner offers it (one who lists none offers every type)."""
+    appointment_type = await session.scalar(
+        scoped_select(AppointmentType, actor).where(AppointmentType.id == appointment_type_id, AppointmentType.active)
+    )
+    if appointment_type is None:
+        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+    if not await type_is_offered(session, practitioner.id, appointment_type.id):
+        raise InvalidInput(
+            "The practitioner does not offer this appointment type.",
+            code="appointment_type_not_offered",
+            extra={"errors": [{"field": "appointment_type_id", "message": "not offered by this practitioner"}]},
+        )
+    return appointment_type
+
+
+async def type_is_offered(session: AsyncSession, practitioner_id: uuid.UUID, appointment_type_id: uuid.UUID) -> bool:
+    offered = (
+        await session.scalars(
+            select(PractitionerAppointmentType.appointment_type_id).where(
+                PractitionerAppointmentType.practitioner_id == practitioner_id
+            )
+        )
+    ).all()
+    return not offered or appointment_type_id in offered
+
+
+async def place_in_schedule(
+    session: AsyncSession,
+    practitioner: Practitioner,
+    facility: Facility,
+    appointment_type: AppointmentType,
+    requested_start: datetime,
+    now: datetime,
+) -> tuple[availability.Interval, timedelta]:
+    """The time ``[start, end)`` an appointment would take and the practitioner's buffer there, if the time is
+    bookable on an empty calendar: in the future, in working time, on the grid. Collisions are the caller's."""
+    start = requested_start.astimezone(ZoneInfo("UTC"))
+    end = start + timedelta(minutes=appointment_type.duration_minutes)
+    if start <= now:
+        raise Conflict("That time is in the past.", code="in_the_past")
+    working = await working_time(session, practitioner.id, facility, start - timedelta(days=1), end + timedelta(days=1))
+    stretch = availability.stretch_containing(working.intervals, start, end) if working else None
+    if working is None or stretch is None:
+        raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
+    if not availability.is_on_grid(stretch.start, start, working.granularity):
+        minutes = int(working.granularity.total_seconds() // 60)
+        raise InvalidInput(
+            f"Appointments start on the practitioner's {minutes}-minute grid.",
+            code="not_on_slot_grid",
+            extra={"errors": [{"field": "start", "message": f"not on the {minutes}-minute slot grid"}]},
+        )
+    return availability.Interval(start, end), working.buffer
 
 
 async def book_appointment(
@@ -331,51 +436,86 @@ async def book_appointment(
     """Book one appointment, or refuse with 409 and write nothing. With ``hold_for``, reserve the time as a
     hold instead: it blocks everyone else exactly like a booking until it is confirmed or runs out."""
     policy.ensure_can_book(actor)
-    organization_id = actor.organization_id
-    assert organization_id is not None
-    patient = await _ensure_patient_bookable(session, actor, request.patient_id)
-    facility = await _facility(session, actor, request.facility_id)
-    await _ensure_staff_works_at(session, actor, facility)
-    practitioner = await session.scalar(
-        scoped_select(Practitioner, actor).where(Practitioner.id == request.practitioner_id, Practitioner.active)
-    )
-    if practitioner is None:
-        raise NotFound("Practitioner not found.", code="practitioner_not_found")
-    appointment_type = await session.scalar(
-        scoped_select(AppointmentType, actor).where(
-            AppointmentType.id == request.appointment_type_id, AppointmentType.active
-        )
-    )
-    if appointment_type is None:
-        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
-    start = request.start.astimezone(ZoneInfo("UTC"))
-    end = start + timedelta(minutes=appointment_type.duration_minutes)
+    patient = await bookable_patient(session, actor, request.patient_id)
+    facility = await visible_facility(session, actor, request.facility_id)
+    await ensure_staff_works_at(session, actor, facility.id)
+    practitioner = await bookable_practitioner(session, actor, request.practitioner_id)
+    appointment_type = await offered_type(session, actor, practitioner, request.appointment_type_id)
     now = utcnow()
-    if start <= now:
-        raise Conflict("That time is in the past.", code="in_the_past")
-    working = await working_time(session, practitioner.id, facility, start - timedelta(days=1), end + timedelta(days=1))
-    if working is None or not availability.slot_is_offered(working.intervals, start, end - start, working.granularity):
-        raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
-    return await _insert_appointment(
-        session, audit_log, actor, patient, practitioner, facility, appointment_type, start, end, now, hold_for
+    time, buffer = await place_in_schedule(session, practitioner, facility, appointment_type, request.start, now)
+    return await take_time(
+        session,
+        audit_log,
+        actor,
+        patient_id=patient.id,
+        practitioner_id=practitioner.id,
+        facility=facility,
+        appointment_type_id=appointment_type.id,
+        time=time,
+        buffer=buffer,
+        now=now,
+        hold_for=hold_for,
     )
 
 
-async def _insert_appointment(
+async def take_time(
     session: AsyncSession,
     audit_log: AuditLog,
-    actor: Actor,
-    patient: Patient,
-    practitioner: Practitioner,
+    actor: Actor | SystemActor,
+    *,
+    patient_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
     facility: Facility,
-    appointment_type: AppointmentType,
-    start: datetime,
-    end: datetime,
+    appointment_type_id: uuid.UUID,
+    time: availability.Interval,
+    buffer: timedelta,
     now: datetime,
     hold_for: timedelta | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Appointment:
-    organization_id = patient.organization_id
-    overlapping = and_(Appointment.start_at < end, Appointment.end_at > start)
+    """Insert a booking (or, with ``hold_for``, a hold) of a time already checked against the schedule, or
+    refuse with 409 and write nothing."""
+    appointment = Appointment(
+        id=uuid.uuid4(),
+        organization_id=facility.organization_id,
+        facility_id=facility.id,
+        practitioner_id=practitioner_id,
+        patient_id=patient_id,
+        appointment_type_id=appointment_type_id,
+        start_at=time.start,
+        end_at=time.end,
+        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
+        hold_expires_at=now + hold_for if hold_for else None,
+        created_at=now,
+        updated_at=now,
+    )
+    claim = Claim(appointment.id, facility.organization_id, practitioner_id, patient_id, time.start, time.end)
+    await occupy(session, claim, buffer=buffer, now=now, apply=lambda: session.add(appointment))
+    action = APPOINTMENT_HOLD if hold_for else APPOINTMENT_BOOK
+    record_transition(session, audit_log, actor, appointment, None, action, now, details)
+    await session.flush()
+    return appointment
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The time an appointment is to take, for whom and with whom."""
+
+    appointment_id: uuid.UUID
+    organization_id: uuid.UUID
+    practitioner_id: uuid.UUID
+    patient_id: uuid.UUID
+    start: datetime
+    end: datetime
+
+
+async def occupy(
+    session: AsyncSession, claim: Claim, *, buffer: timedelta, now: datetime, apply: Callable[[], None]
+) -> None:
+    """Give the appointment the claimed time (``apply`` adds it, or sets its new time), or refuse with 409 and
+    change nothing."""
+    organization_id = claim.organization_id
+    start, end = claim.start, claim.end
     # Holds that ran out stop occupying their time before anyone checks it (the constraint knows no clock).
     await session.execute(
         update(Appointment)
@@ -383,38 +523,24 @@ async def _insert_appointment(
             Appointment.organization_id == organization_id,
             Appointment.status == AppointmentStatus.held,
             Appointment.hold_expires_at <= now,
-            or_(Appointment.practitioner_id == practitioner.id, Appointment.patient_id == patient.id),
-            overlapping,
+            or_(
+                Appointment.practitioner_id == claim.practitioner_id,
+                Appointment.patient_id == claim.patient_id,
+            ),
+            Appointment.start_at < end + buffer,
+            Appointment.end_at > start - buffer,
         )
         .values(status=AppointmentStatus.expired.value, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
     is_postgresql = session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
     if is_postgresql:
-        await _queue_behind_competing_bookings(session, practitioner.id, patient.id)
-    else:
-        # SQLite: this transaction holds the database's write lock from its first statement, so nothing can
-        # slip in between this check and the insert below.
-        await _refuse_overlaps(session, organization_id, practitioner.id, patient.id, start, end)
-    appointment = Appointment(
-        id=uuid.uuid4(),
-        organization_id=organization_id,
-        facility_id=facility.id,
-        practitioner_id=practitioner.id,
-        patient_id=patient.id,
-        appointment_type_id=appointment_type.id,
-        start_at=start,
-        end_at=end,
-        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
-        hold_expires_at=now + hold_for if hold_for else None,
-        created_at=now,
-        updated_at=now,
-    )
-    await _insert_guarded(session, appointment, is_postgresql=is_postgresql)
-    _record_transition(
-        session, audit_log, actor, appointment, None, APPOINTMENT_HOLD if hold_for else APPOINTMENT_BOOK, now
-    )
-    await session.flush()
-    return appointment
+        await _queue_behind_competing_bookings(session, claim.practitioner_id, claim.patient_id)
+    # On SQLite this transaction holds the database's write lock from its first statement, so nothing can slip
+    # in between these checks and the write below; on PostgreSQL the constraints decide, and the check only
+    # names the conflict early.
+    await _refuse_overlaps(session, claim, buffer)
+    await _guarded_write(session, apply, is_postgresql=is_postgresql)
 
 
 def _lock_key(kind: str, value: uuid.UUID) -> int:
@@ -444,16 +570,17 @@ async def _queue_behind_competing_bookings(
 _DEADLOCK = "40P01"
 
 
-async def _insert_guarded(session: AsyncSession, appointment: Appointment, *, is_postgresql: bool) -> None:
-    """Insert the appointment; on PostgreSQL the exclusion constraints refuse an overlap right here."""
+async def _guarded_write(session: AsyncSession, apply: Callable[[], None], *, is_postgresql: bool) -> None:
+    """Apply and flush the change; on PostgreSQL the exclusion constraints refuse an overlap right here."""
     if not is_postgresql:
-        session.add(appointment)
+        apply()
         await session.flush()
         return
     for attempt in range(2):
         try:
             async with session.begin_nested():
-                session.add(appointment)
+                # Again on a retry: the savepoint's rollback undid the change in the session too.
+                apply()
                 await session.flush()
             return
         except IntegrityError as exc:
@@ -465,18 +592,18 @@ async def _insert_guarded(session: AsyncSession, appointment: Appointment, *, is
                 raise Conflict(
                     "Someone else is booking that time right now; try again.", code="slot_contended"
                 ) from None
-            # The savepoint's rollback took the pending row out of the session; it is added again above.
             await asyncio.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter, not a secret
 
 
-def _record_transition(
+def record_transition(
     session: AsyncSession,
     audit_log: AuditLog,
-    actor: Actor,
+    actor: Actor | SystemActor,
     appointment: Appointment,
     from_status: str | None,
     action: str,
     now: datetime,
+    details: dict[str, Any] | None = None,
 ) -> None:
     """Every change of an appointment leaves a history row and an audit entry, in its own transaction."""
     session.add(
@@ -484,7 +611,7 @@ def _record_transition(
             organization_id=appointment.organization_id,
             appointment_id=appointment.id,
             at=now,
-            actor_id=actor.user_id,
+            actor_id=actor.user_id if isinstance(actor, Actor) else None,
             from_status=from_status,
             to_status=appointment.status,
             start_at=appointment.start_at,
@@ -500,8 +627,13 @@ def _record_transition(
             resource_type="appointment",
             resource_id=str(appointment.id),
             patient_id=appointment.patient_id,
-            details={"facility_id": str(appointment.facility_id), "practitioner_id": str(appointment.practitioner_id)},
+            details={
+                "facility_id": str(appointment.facility_id),
+                "practitioner_id": str(appointment.practitioner_id),
+                **(details or {}),
+            },
         ),
+        organization_id=appointment.organization_id,
     )
 
 
@@ -511,44 +643,33 @@ def _overlap_conflict(message: str) -> Conflict:
     return Conflict("That time is already taken.", code="slot_taken")
 
 
-async def _refuse_overlaps(
-    session: AsyncSession,
-    organization_id: uuid.UUID,
-    practitioner_id: uuid.UUID,
-    patient_id: uuid.UUID,
-    start: datetime,
-    end: datetime,
-) -> None:
+async def _refuse_overlaps(session: AsyncSession, claim: Claim, buffer: timedelta) -> None:
+    """409 if another active appointment of the practitioner (with the buffer around it) or of the patient
+    overlaps the claimed time."""
+    same_practitioner = and_(
+        Appointment.practitioner_id == claim.practitioner_id,
+        Appointment.start_at < claim.end + buffer,
+        Appointment.end_at > claim.start - buffer,
+    )
+    same_patient = and_(
+        Appointment.patient_id == claim.patient_id, Appointment.start_at < claim.end, Appointment.end_at > claim.start
+    )
     clash = (
         await session.execute(
-            select(Appointment.practitioner_id, Appointment.patient_id)
+            select(Appointment.practitioner_id)
             .where(
-                Appointment.organization_id == organization_id,
+                Appointment.organization_id == claim.organization_id,
                 Appointment.status.in_(ACTIVE_STATUSES),
-                Appointment.start_at < end,
-                Appointment.end_at > start,
-                or_(Appointment.practitioner_id == practitioner_id, Appointment.patient_id == patient_id),
+                Appointment.id != claim.appointment_id,
+                or_(same_practitioner, same_patient),
             )
             .limit(1)
         )
     ).first()
     if clash is not None:
         raise _overlap_conflict(
-            "no_overlap_per_practitioner" if clash[0] == practitioner_id else "no_overlap_per_patient"
+            "no_overlap_per_practitioner" if clash[0] == claim.practitioner_id else "no_overlap_per_patient"
         )
-
-
-async def get_appointment(session: AsyncSession, actor: Actor, appointment_id: uuid.UUID) -> Appointment:
-    policy.ensure_can_read_appointments(actor)
-    appointment = await session.scalar(scoped_select(Appointment, actor).where(Appointment.id == appointment_id))
-    if appointment is None:
-        raise NotFound("Appointment not found.", code="appointment_not_found")
-    if (
-        actor.audience is Audience.patient
-        and await patients_service.own_patient_id(session, actor) != appointment.patient_id
-    ):
-        raise NotFound("Appointment not found.", code="appointment_not_found")
-    return appointment
 
 
 def present(appointment: Appointment) -> AppointmentRead:
@@ -563,6 +684,7 @@ def present(appointment: Appointment) -> AppointmentRead:
         status=appointment.status,
         hold_expires_at=appointment.hold_expires_at,
         version=appointment.version,
+        cancellation_code=appointment.cancellation_code,
     )
 
 
@@ -583,29 +705,33 @@ async def book_idempotently(
 # --- slot search ----------------------------------------------------------------------------------------
 
 
-async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery) -> list[availability.Interval]:
-    """Availability minus appointments and live holds, on the practitioner's grid, within [from, to)."""
-    policy.ensure_can_read_schedules(actor)
-    facility = await _facility(session, actor, query.facility_id)
-    practitioner = await get_practitioner(session, actor, query.practitioner_id)
-    appointment_type = await session.scalar(
-        scoped_select(AppointmentType, actor).where(
-            AppointmentType.id == query.appointment_type_id, AppointmentType.active
-        )
-    )
-    if appointment_type is None:
-        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+@dataclass(frozen=True)
+class Slot:
+    practitioner_id: uuid.UUID
+    start: datetime
+    end: datetime
+
+
+async def open_slots(
+    session: AsyncSession,
+    practitioner_id: uuid.UUID,
+    facility: Facility,
+    duration: timedelta,
+    starts_from: datetime,
+    ends_before: datetime,
+    now: datetime,
+) -> list[Slot]:
+    """Free slots of ``duration`` for one practitioner at a facility within [starts_from, ends_before):
+    availability minus appointments and live holds (with the buffer), on their grid, none before ``now``."""
     # Whole local days, so that every session keeps its own start as the anchor of its slot grid.
-    days = availability.covering_local_days(facility.timezone, query.starts_from, query.ends_before)
-    working = await working_time(session, practitioner.id, facility, days.start, days.end)
+    days = availability.covering_local_days(facility.timezone, starts_from, ends_before)
+    working = await working_time(session, practitioner_id, facility, days.start, days.end)
     if working is None:
         return []
-    now = utcnow()
     busy_rows = await session.execute(
-        scoped_select(Appointment, actor)
-        .with_only_columns(Appointment.start_at, Appointment.end_at)
-        .where(
-            Appointment.practitioner_id == practitioner.id,
+        select(Appointment.start_at, Appointment.end_at).where(
+            Appointment.organization_id == facility.organization_id,
+            Appointment.practitioner_id == practitioner_id,
             Appointment.status.in_(ACTIVE_STATUSES),
             or_(Appointment.status != AppointmentStatus.held, Appointment.hold_expires_at > now),
             Appointment.start_at < days.end,
@@ -616,31 +742,79 @@ async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery)
     slots = availability.free_slots(
         working.intervals,
         busy,
-        duration=timedelta(minutes=appointment_type.duration_minutes),
+        duration=duration,
         granularity=working.granularity,
         buffer=working.buffer,
-        not_before=max(query.starts_from, now),
+        not_before=max(starts_from, now),
     )
-    return [slot for slot in slots if slot.end <= query.ends_before]
+    return [Slot(practitioner_id, slot.start, slot.end) for slot in slots if slot.end <= ends_before]
 
 
-# --- holds ------------------------------------------------------------------------------------------------
+async def practitioners_at(
+    session: AsyncSession,
+    actor: Actor,
+    facility_id: uuid.UUID,
+    *,
+    department_id: uuid.UUID | None = None,
+    specialty: str | None = None,
+    appointment_type_id: uuid.UUID | None = None,
+) -> list[Practitioner]:
+    """Active practitioners working at a facility, of a department or a specialty, who offer the type."""
+    statement = (
+        scoped_select(Practitioner, actor)
+        .join(PractitionerFacility, PractitionerFacility.practitioner_id == Practitioner.id)
+        .where(Practitioner.active, PractitionerFacility.facility_id == facility_id)
+        .order_by(Practitioner.display_name, Practitioner.id)
+    )
+    if department_id is not None:
+        statement = statement.join(
+            PractitionerDepartment, PractitionerDepartment.practitioner_id == Practitioner.id
+        ).where(PractitionerDepartment.department_id == department_id)
+    if specialty is not None:
+        statement = statement.where(Practitioner.specialty == specialty)
+    if appointment_type_id is not None:
+        offers_some = select(PractitionerAppointmentType.practitioner_id).where(
+            PractitionerAppointmentType.practitioner_id == Practitioner.id
+        )
+        offers_this = offers_some.where(PractitionerAppointmentType.appointment_type_id == appointment_type_id)
+        statement = statement.where(or_(~offers_some.exists(), offers_this.exists()))
+    return list((await session.scalars(statement)).all())
 
 
-async def confirm_hold(session: AsyncSession, audit_log: AuditLog, actor: Actor, hold_id: uuid.UUID) -> Appointment:
-    """Turn a live hold into a booking. Its time is already the hold's (the constraints saw to that), so a
-    confirmation cannot collide; a hold that ran out is refused with 409 ``hold_expired``."""
-    policy.ensure_can_book(actor)
-    hold = await get_appointment(session, actor, hold_id)
+async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery) -> list[Slot]:
+    """Free slots at a facility for an appointment type within [from, to): of one practitioner, or of every
+    practitioner of a department or specialty there who offers the type, in time order."""
+    policy.ensure_can_read_schedules(actor)
+    facility = await visible_facility(session, actor, query.facility_id)
+    if query.practitioner_id is not None:
+        practitioner = await bookable_practitioner(session, actor, query.practitioner_id)
+        appointment_type = await offered_type(session, actor, practitioner, query.appointment_type_id)
+        practitioners = [practitioner]
+    else:
+        if query.department_id is not None and (
+            await session.scalar(scoped_select(Department, actor).where(Department.id == query.department_id)) is None
+        ):
+            raise NotFound("Department not found.", code="department_not_found")
+        appointment_type = await session.scalar(
+            scoped_select(AppointmentType, actor).where(
+                AppointmentType.id == query.appointment_type_id, AppointmentType.active
+            )
+        )
+        if appointment_type is None:
+            raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+        practitioners = await practitioners_at(
+            session,
+            actor,
+            facility.id,
+            department_id=query.department_id,
+            specialty=query.specialty,
+            appointment_type_id=appointment_type.id,
+        )
+    duration = timedelta(minutes=appointment_type.duration_minutes)
     now = utcnow()
-    if hold.status != AppointmentStatus.held:
-        raise Conflict("This is not a hold.", code="not_a_hold")
-    if hold.hold_expires_at is None or hold.hold_expires_at <= now:
-        raise Conflict("The hold ran out; search for a slot again.", code="hold_expired")
-    hold.status = AppointmentStatus.booked.value
-    hold.hold_expires_at = None
-    hold.updated_at = now
-    hold.version += 1
-    _record_transition(session, audit_log, actor, hold, AppointmentStatus.held.value, APPOINTMENT_CONFIRM, now)
-    await session.flush()
-    return hold
+    slots: list[Slot] = []
+    for practitioner in practitioners:
+        slots += await open_slots(
+            session, practitioner.id, facility, duration, query.starts_from, query.ends_before, now
+        )
+    return sorted(slots, key=lambda slot: (slot.start, str(slot.practitioner_id)))

@@ -78,3 +78,25 @@ async def test_bad_input_is_422_with_the_field_named(clinic: Clinic) -> None:
     unknown = clinic.booking(start=tomorrow_at(10))
     unknown["appointment_type_id"] = "00000000-0000-4000-8000-000000000000"
     assert (await clinic.book(unknown)).status_code == 404
+
+
+async def test_the_practitioners_buffer_keeps_a_gap_after_each_appointment(clinic: Clinic) -> None:
+    weekday = tomorrow_at(10).weekday()
+    evening = await clinic.api.client.post(
+        f"/api/v1/practitioners/{clinic.practitioner_ids[0]}/availability",
+        headers=clinic.desk.admin,
+        json={
+            "facility_id": clinic.facility_id,
+            "weekday": weekday,
+            "starts": "20:00",
+            "ends": "21:00",
+            "slot_minutes": 10,
+            "buffer_minutes": 10,
+        },
+    )
+    assert evening.status_code == 201, evening.text
+    assert (await clinic.book(clinic.booking(start=tomorrow_at(10), patient=0))).status_code == 201
+    too_close = await clinic.book(clinic.booking(start=tomorrow_at(10, 20), patient=1))
+    assert too_close.status_code == 409 and too_close.json()["code"] == "slot_taken"
+    assert (await clinic.book(clinic.booking(start=tomorrow_at(10, 30), patient=1))).status_code == 201
+    assert await _count(clinic, Appointment) == 2

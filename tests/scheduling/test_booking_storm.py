@@ -149,3 +149,43 @@ async def test_a_refused_booking_leaves_no_idempotency_record_to_replay(clinic: 
         taken.status = "cancelled"
     retried = await clinic.book(body, **{"Idempotency-Key": key})
     assert retried.status_code == 201, retried.text
+
+
+async def test_a_storm_of_reschedules_and_bookings_into_one_slot_moves_exactly_one_and_loses_none(
+    start_api: Any,
+) -> None:
+    async with start_api(**STORM_SETTINGS) as api:
+        await _reschedule_storm(api)
+
+
+async def _reschedule_storm(api: Api) -> None:
+    clinic = await open_clinic(api, patients=60)
+    originals = {}
+    for number in range(40):  # forty appointments, 08:00-14:40 at ten-minute steps
+        booked = await clinic.booked(
+            start=tomorrow_at(8) + timedelta(minutes=10 * number), patient=number, kind="follow"
+        )
+        originals[booked["id"]] = booked["start"]
+    target = tomorrow_at(18)
+
+    async def reschedule(appointment_id: str) -> Outcome:
+        started = time.monotonic()
+        response = await clinic.post(f"/appointments/{appointment_id}/reschedule", {"start": target.isoformat()})
+        return Outcome(started, time.monotonic(), response.status_code, response.json())
+
+    moves = [reschedule(appointment_id) for appointment_id in originals]
+    bookings = [_timed(clinic, clinic.booking(start=target, patient=number, kind="follow")) for number in range(40, 60)]
+    outcomes = await asyncio.gather(*moves, *bookings)
+    assert all(outcome.status in (200, 201, 409) for outcome in outcomes), {o.status for o in outcomes}
+    winners = [outcome for outcome in outcomes if outcome.status in (200, 201)]
+    assert len(winners) == 1
+    rows = await _active_rows(api)
+    at_target = [row for row in rows if row.start_at == target]
+    assert [str(row.id) for row in at_target] == [winners[0].body["id"]]
+    # Every appointment that lost is still booked at its own time; none was lost or duplicated.
+    for row in rows:
+        if str(row.id) in originals and row.start_at != target:
+            assert row.start_at.isoformat().replace("+00:00", "Z") == originals[str(row.id)]
+    assert len(rows) == 40 + (1 if winners[0].status == 201 else 0)
+    assert await _overlaps(api, "practitioner_id") == []
+    assert await _overlaps(api, "patient_id") == []

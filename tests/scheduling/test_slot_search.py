@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.scheduling.conftest import Clinic, tomorrow_at
+from tests.conftest import Api
+from tests.scheduling.conftest import Clinic, open_clinic, tomorrow_at
 
 
 async def _slots(clinic: Clinic, start: datetime, end: datetime, kind: str = "new") -> Any:
@@ -60,3 +61,80 @@ async def test_a_search_over_31_days_or_without_offsets_is_refused_with_422(clin
     )
     assert naive.status_code == 422
     assert "query.from" in [error["field"] for error in naive.json()["errors"]]
+
+
+async def test_a_department_or_specialty_search_merges_its_practitioners_slots_in_time_order(api: Api) -> None:
+    clinic = await open_clinic(api, practitioners=3, specialties=("cardiology", "cardiology", "dermatology"))
+    await clinic.booked(start=tomorrow_at(9), practitioner=0)
+    window = {"facility_id": clinic.facility_id, "appointment_type_id": clinic.type_ids["new"]}
+    window |= {"from": tomorrow_at(9).isoformat(), "to": tomorrow_at(9, 30).isoformat()}
+    cardiology = await clinic.get("/slots", specialty="cardiology", **window)
+    assert cardiology.status_code == 200, cardiology.text
+    found = [(slot["practitioner_id"], datetime.fromisoformat(slot["start"])) for slot in cardiology.json()]
+    # The first cardiologist is booked 09:00-09:20; the second is free; the dermatologist is not asked.
+    assert found == [
+        (clinic.practitioner_ids[1], tomorrow_at(9)),
+        (clinic.practitioner_ids[1], tomorrow_at(9, 10)),
+    ]
+    department = await clinic.get("/slots", department_id=clinic.department_id, **window)
+    assert {slot["practitioner_id"] for slot in department.json()} == set(clinic.practitioner_ids[1:])
+    both = await clinic.get("/slots", specialty="cardiology", department_id=clinic.department_id, **window)
+    assert both.status_code == 422
+    unknown = await clinic.get("/slots", department_id="00000000-0000-4000-8000-000000000000", **window)
+    assert unknown.status_code == 404
+
+
+async def test_a_practitioner_who_lists_types_is_searched_and_booked_for_those_only(clinic: Clinic) -> None:
+    admin = clinic.desk.admin
+    user = await clinic.api.client.post(
+        "/api/v1/users",
+        headers=admin,
+        json={
+            "email": "surgeon@clinic.test",
+            "full_name": "Surgeon",
+            "roles": ["doctor"],
+            "facility_ids": [clinic.facility_id],
+            "password": "correct horse battery staple",
+        },
+    )
+    assert user.status_code == 201, user.text
+    created = await clinic.post(
+        "/practitioners",
+        {
+            "user_id": user.json()["id"],
+            "display_name": "Dr. Surgeon",
+            "specialty": "surgery",
+            "facility_ids": [clinic.facility_id],
+            "appointment_type_ids": [clinic.type_ids["procedure"]],
+        },
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    surgeon = created.json()
+    assert surgeon["appointment_type_ids"] == [clinic.type_ids["procedure"]]
+    hours = await clinic.post(
+        f"/practitioners/{surgeon['id']}/availability",
+        {
+            "facility_id": clinic.facility_id,
+            "weekday": tomorrow_at(9).weekday(),
+            "starts": "08:00",
+            "ends": "12:00",
+            "slot_minutes": 20,
+        },
+        headers=admin,
+    )
+    assert hours.status_code == 201, hours.text
+    window = {"from": tomorrow_at(8).isoformat(), "to": tomorrow_at(12).isoformat(), "facility_id": clinic.facility_id}
+    offered = await clinic.get(
+        "/slots", practitioner_id=surgeon["id"], appointment_type_id=clinic.type_ids["procedure"], **window
+    )
+    assert offered.status_code == 200 and len(offered.json()) > 0
+    not_offered = await clinic.get(
+        "/slots", practitioner_id=surgeon["id"], appointment_type_id=clinic.type_ids["new"], **window
+    )
+    assert not_offered.status_code == 422 and not_offered.json()["code"] == "appointment_type_not_offered"
+    body = clinic.booking(start=tomorrow_at(9), kind="new") | {"practitioner_id": surgeon["id"]}
+    refused = await clinic.book(body)
+    assert refused.status_code == 422 and refused.json()["code"] == "appointment_type_not_offered"
+    by_specialty = await clinic.get("/slots", specialty="surgery", appointment_type_id=clinic.type_ids["new"], **window)
+    assert by_specialty.json() == []

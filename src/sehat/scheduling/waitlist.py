@@ -294,11 +294,16 @@ async def _hold_for(
     zone = ZoneInfo(facility.timezone)
     working = await service.working_time(session, freed.practitioner_id, facility, freed.start, freed.end)
     buffer = working.buffer if working else timedelta(0)
-    for slot in slots:
-        if not (slot.start < freed.end and slot.end > freed.start):
-            continue
-        if not entry.from_date <= slot.start.astimezone(zone).date() <= entry.to_date:
-            continue
+    fitting = [
+        slot
+        for slot in slots
+        if slot.start < freed.end
+        and slot.end > freed.start
+        and entry.from_date <= slot.start.astimezone(zone).date() <= entry.to_date
+    ]
+    # The freed start itself first, then later ones inside it, then those reaching back into earlier free time.
+    fitting.sort(key=lambda slot: (slot.start < freed.start, slot.start))
+    for slot in fitting:
         try:
             return await service.take_time(
                 session,

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -27,6 +28,7 @@ from sehat.identity.models import User
 from tests.conftest import PASSWORD, Tenant, build_tenant
 from tests.identity.test_permissions_as_data import DEFAULT_GRANTS
 from tests.patients.conftest import patient_body
+from tests.scheduling.conftest import tomorrow_at
 from tests.test_route_permissions import _api_routes, _declared
 
 DENIED = {401, 403}
@@ -42,6 +44,18 @@ class Caller:
     # None for the callers no role is read from: no token, and a token that expired.
     role: Role | None = None
     from_other_organization: bool = False
+    user_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The first organization's scheduling data: a practitioner with hours, a type, a booking, a waitlist entry."""
+
+    practitioner_id: uuid.UUID
+    rule_id: uuid.UUID
+    appointment_type_id: uuid.UUID
+    appointment_id: uuid.UUID
+    entry_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class FirstOrganization:
     department_id: uuid.UUID
     user_id: uuid.UUID
     patient_id: uuid.UUID
+    schedule: Schedule
 
     def path_ids(self) -> dict[str, uuid.UUID]:
         return {
@@ -58,6 +73,11 @@ class FirstOrganization:
             "department_id": self.department_id,
             "user_id": self.user_id,
             "patient_id": self.patient_id,
+            "practitioner_id": self.schedule.practitioner_id,
+            "rule_id": self.schedule.rule_id,
+            "appointment_id": self.schedule.appointment_id,
+            "hold_id": self.schedule.appointment_id,
+            "entry_id": self.schedule.entry_id,
         }
 
     def ids(self) -> set[str]:
@@ -73,7 +93,48 @@ def _bodies(first: FirstOrganization) -> dict[tuple[str, str], Callable[[], dict
 
     Bodies that name a first-organization facility test the tenant wall on ids inside the body too."""
     facility = str(first.tenant.facility_ids[0])
+    schedule = first.schedule
+    booking = {
+        "patient_id": str(first.patient_id),
+        "practitioner_id": str(schedule.practitioner_id),
+        "facility_id": facility,
+        "appointment_type_id": str(schedule.appointment_type_id),
+        "start": tomorrow_at(15).isoformat(),
+    }
+    absence = {"starts": tomorrow_at(19).isoformat(), "ends": tomorrow_at(20).isoformat(), "facility_id": facility}
     return {
+        ("POST", "/api/v1/practitioners"): lambda: {
+            "user_id": str(first.user_id),
+            "display_name": "Dr. Matrix",
+            "specialty": "general_medicine",
+            "facility_ids": [facility],
+        },
+        ("POST", "/api/v1/practitioners/{practitioner_id}/availability"): lambda: {
+            "facility_id": facility,
+            "weekday": 0,
+            "starts": "06:00",
+            "ends": "07:00",
+            "slot_minutes": 10,
+        },
+        ("POST", "/api/v1/practitioners/{practitioner_id}/leave"): lambda: absence,
+        ("POST", "/api/v1/practitioners/{practitioner_id}/extra-sessions"): lambda: absence,
+        ("POST", "/api/v1/holidays"): lambda: {
+            "facility_id": facility,
+            "day": (tomorrow_at(0).date() + timedelta(days=20)).isoformat(),
+            "name": "Matrix Day",
+        },
+        ("POST", "/api/v1/appointments"): lambda: booking,
+        ("POST", "/api/v1/slot-holds"): lambda: booking,
+        ("POST", "/api/v1/appointments/{appointment_id}/cancel"): lambda: {"code": "other"},
+        ("POST", "/api/v1/appointments/{appointment_id}/reschedule"): lambda: {"start": tomorrow_at(16).isoformat()},
+        ("POST", "/api/v1/waitlist"): lambda: {
+            "patient_id": str(first.patient_id),
+            "facility_id": facility,
+            "practitioner_id": str(schedule.practitioner_id),
+            "appointment_type_id": str(schedule.appointment_type_id),
+            "from_date": tomorrow_at(0).date().isoformat(),
+            "to_date": tomorrow_at(0).date().isoformat(),
+        },
         ("POST", "/api/v1/organizations"): lambda: {"name": "Matrix Org", "slug": _unique("matrix-")},
         ("POST", "/api/v1/organizations/{organization_id}/admins"): lambda: {
             "email": f"{_unique('admin-')}@matrix.test",
@@ -156,6 +217,7 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
         uuid.UUID(department.json()["id"]),
         await _user_id(api, tenant.emails["doctor"]),
         uuid.UUID(patient.json()["id"]),
+        await _schedule(api, tenant, admin_headers, await _user_id(api, tenant.emails["doctor"]), patient.json()["id"]),
     )
 
     async with api.unit_of_work() as session:
@@ -179,6 +241,7 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
             await api.headers_for(other.admin_email),
             Role.org_admin,
             from_other_organization=True,
+            user_id=await _user_id(api, other.admin_email),
         ),
     ]
     secrets = [
@@ -191,6 +254,62 @@ async def _set_up(api: Any) -> tuple[FirstOrganization, list[Caller], list[str]]
         *first.ids(),
     ]
     return first, callers, secrets
+
+
+async def _schedule(api: Any, tenant: Tenant, admin: dict[str, str], doctor_id: uuid.UUID, patient_id: str) -> Schedule:
+    facility = str(tenant.facility_ids[0])
+
+    async def created(path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
+        response = await api.client.post(f"/api/v1{path}", headers=admin, json=body)
+        assert response.status_code == status, response.text
+        return dict(response.json())
+
+    practitioner = await created(
+        "/practitioners",
+        {
+            "user_id": str(doctor_id),
+            "display_name": "Dr. Alpha",
+            "specialty": "general_medicine",
+            "facility_ids": [facility],
+        },
+    )
+    rules = [
+        await created(
+            f"/practitioners/{practitioner['id']}/availability",
+            {"facility_id": facility, "weekday": weekday, "starts": "08:00", "ends": "20:00", "slot_minutes": 10},
+        )
+        for weekday in range(7)
+    ]
+    kind = await created("/appointment-types", {"name": "Matrix visit", "code": "matrix", "duration_minutes": 20})
+    booking = {
+        "patient_id": patient_id,
+        "practitioner_id": practitioner["id"],
+        "facility_id": facility,
+        "appointment_type_id": kind["id"],
+    }
+    appointment = await created("/appointments", {**booking, "start": tomorrow_at(10).isoformat()})
+    day = tomorrow_at(0).date().isoformat()
+    del booking["practitioner_id"]
+    entry = await created(
+        "/waitlist", {**booking, "practitioner_id": practitioner["id"], "from_date": day, "to_date": day}
+    )
+    return Schedule(
+        uuid.UUID(practitioner["id"]),
+        uuid.UUID(rules[0]["id"]),
+        uuid.UUID(kind["id"]),
+        uuid.UUID(appointment["id"]),
+        uuid.UUID(entry["id"]),
+    )
+
+
+def _shown_to_outsider(route: APIRoute, caller: Caller, response: Any) -> str:
+    """What a response shows the other organization's caller that it did not send itself. Its own audit log
+    records each of its refused probes with the path it asked for (a guessed id included), and must: that
+    echo of its own request is not the first organization's data. Everything else is scanned whole."""
+    if route.path != "/api/v1/audit-events" or not response.is_success:
+        return str(response.text)
+    others = [entry for entry in response.json()["items"] if entry["actor_id"] != str(caller.user_id)]
+    return json.dumps(others)
 
 
 def _walk_order(route: APIRoute) -> tuple[bool, bool, str]:
@@ -263,7 +382,8 @@ async def test_every_route_answers_every_caller_as_its_declared_permission_says(
                 if caller.from_other_organization:
                     if touches_first and response.is_success:
                         problem = f"got {response.status_code} for another organization's resource"
-                    leaked = [secret for secret in secrets if secret in response.text]
+                    shown = _shown_to_outsider(route, caller, response)
+                    leaked = [secret for secret in secrets if secret in shown]
                     if leaked:
                         problem = f"{problem + '; ' if problem else ''}body reveals {leaked}"
                 if problem:

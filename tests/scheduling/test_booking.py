@@ -100,3 +100,25 @@ async def test_the_practitioners_buffer_keeps_a_gap_after_each_appointment(clini
     assert too_close.status_code == 409 and too_close.json()["code"] == "slot_taken"
     assert (await clinic.book(clinic.booking(start=tomorrow_at(10, 30), patient=1))).status_code == 201
     assert await _count(clinic, Appointment) == 2
+
+
+async def test_a_patient_books_for_themselves_only(clinic: Clinic) -> None:
+    patient = await clinic.patient_headers(0)
+    own = await clinic.api.client.post(
+        "/api/v1/appointments", headers=patient, json=clinic.booking(start=tomorrow_at(10), patient=0)
+    )
+    assert own.status_code == 201, own.text
+    for_another = await clinic.api.client.post(
+        "/api/v1/appointments", headers=patient, json=clinic.booking(start=tomorrow_at(11), patient=1)
+    )
+    assert for_another.status_code == 404 and for_another.json()["code"] == "patient_not_found"
+    slots = await clinic.get(
+        "/slots",
+        headers=patient,
+        practitioner_id=clinic.practitioner_ids[0],
+        facility_id=clinic.facility_id,
+        appointment_type_id=clinic.type_ids["new"],
+        **{"from": tomorrow_at(9).isoformat(), "to": tomorrow_at(11).isoformat()},
+    )
+    assert slots.status_code == 200 and tomorrow_at(10).isoformat() not in [s["start"] for s in slots.json()]
+    assert await _count(clinic, Appointment) == 1

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "audit-append": "audit_append",
     "audit-verify": "audit_verify",
     "patients": "patients",
+    "scheduling": "scheduling",
 }
 
 

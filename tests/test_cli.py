@@ -193,6 +193,9 @@ def test_demo_prints_its_accounts_and_they_sign_in_with_their_second_factor(cli_
         # The registry has patients, found by phone, and the demo patient's account opens its own record.
         found = httpx.get(f"{base}/api/v1/patients", headers=headers, params={"phone": "+923214445566"}).json()
         assert [(hit["given_name"], hit["family_name"]) for hit in found["items"]] == [("Zainab", "Hussain")]
+        # The doctor has a schedule with two bookings on it.
+        booked = httpx.get(f"{base}/api/v1/appointments", headers=headers).json()["items"]
+        assert [appointment["status"] for appointment in booked] == ["booked", "booked"]
         patient = httpx.post(
             f"{base}/api/v1/auth/token", data={"username": "patient@demo.sehat.local", "password": DEMO_PASSWORD}
         )

@@ -1,12 +1,13 @@
 """Demo data for trying sehat on a laptop: one organization, two facilities in two timezones, one user per
-role, and a few registered patients (the demo patient account is linked to one of them). Idempotent, and
-refused in production."""
+role, a few registered patients (the demo patient account is linked to one of them), and the demo doctor's
+schedule at Karachi with appointment types and two bookings. Idempotent, and refused in production."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,11 +16,13 @@ from sehat.core.actor import Actor, Audience, Role, SystemActor
 from sehat.core.crypto import associated_data
 from sehat.core.tenant_scope import enter_organization, enter_platform_scope
 from sehat.identity.models import User, UserFacility
-from sehat.identity.permissions import PATIENT_WRITE
+from sehat.identity.permissions import APPOINTMENT_BOOK, PATIENT_WRITE, SCHEDULE_MANAGE, SCHEDULE_READ
 from sehat.identity.runtime import AuthRuntime
 from sehat.patients import service as patients_service
 from sehat.patients.schemas import PatientCreate
 from sehat.patients.vault import PatientVault
+from sehat.scheduling import service as scheduling
+from sehat.scheduling.schemas import AppointmentCreate, AppointmentTypeCreate, PractitionerCreate, WeeklyHoursCreate
 from sehat.tenancy.models import Department, Facility, Organization
 
 DEMO_PASSWORD = "sehat-demo-password"  # noqa: S105 - demo only, printed on purpose
@@ -104,13 +107,14 @@ async def seed_demo(session: AsyncSession, auth: AuthRuntime, actor: SystemActor
                     for facility in facilities
                 )
         await session.flush()
-        await _register_demo_patients(session, auth, organization.id, facilities[0].id)
+        patients = await _register_demo_patients(session, auth, organization.id, facilities[0].id)
+        await _open_demo_schedule(session, auth, organization.id, facilities[0], patients)
     return [DemoAccount(role, f"{role.value.replace('_', '-')}@{DEMO_DOMAIN}") for role, _ in _PEOPLE]
 
 
 async def _register_demo_patients(
     session: AsyncSession, auth: AuthRuntime, organization_id: uuid.UUID, facility_id: uuid.UUID
-) -> None:
+) -> list[uuid.UUID]:
     """Through the registry's own service, as the demo front office, so the rows are encrypted, indexed and
     audited exactly as real registrations are."""
     front_office_id = await session.scalar(select(User.id).where(User.email == f"front-office@{DEMO_DOMAIN}"))
@@ -149,3 +153,71 @@ async def _register_demo_patients(
     assert patient_account is not None
     patient_account.patient_id = registered[0]
     await session.flush()
+    return registered
+
+
+_APPOINTMENT_TYPES = (("New consultation", "new", 20), ("Follow-up", "follow", 10), ("Procedure", "procedure", 45))
+# Monday to Saturday, a morning and an evening session with a break between them.
+_SESSIONS = ((time(9, 0), time(13, 0)), (time(17, 0), time(20, 0)))
+
+
+async def _open_demo_schedule(
+    session: AsyncSession, auth: AuthRuntime, organization_id: uuid.UUID, facility: Facility, patients: list[uuid.UUID]
+) -> None:
+    """The demo doctor's practice at Karachi, through the scheduling services as the demo administrator, and
+    two bookings on the next working day so that slot search shows taken time."""
+    await enter_platform_scope(session)
+    emails = {f"{role}@{DEMO_DOMAIN}" for role in ("org-admin", "doctor")}
+    users = {user.email: user for user in (await session.scalars(select(User).where(User.email.in_(emails)))).all()}
+    admin = Actor(
+        user_id=users[f"org-admin@{DEMO_DOMAIN}"].id,
+        organization_id=organization_id,
+        roles=frozenset({Role.org_admin}),
+        audience=Audience.staff,
+        session_id=uuid.uuid4(),
+        token_id="demo",  # noqa: S106 - an id for the audit trail, not a credential
+        permissions=frozenset({SCHEDULE_MANAGE, SCHEDULE_READ, APPOINTMENT_BOOK}),
+    )
+    await enter_organization(session, organization_id)
+    types = [
+        await scheduling.create_appointment_type(
+            session, admin, AppointmentTypeCreate(name=name, code=code, duration_minutes=minutes)
+        )
+        for name, code, minutes in _APPOINTMENT_TYPES
+    ]
+    department = await session.scalar(
+        select(Department.id).where(Department.facility_id == facility.id, Department.code == "GM")
+    )
+    assert department is not None
+    practitioner = await scheduling.create_practitioner(
+        session,
+        admin,
+        PractitionerCreate(
+            user_id=users[f"doctor@{DEMO_DOMAIN}"].id,
+            display_name="Dr. Sara Khan",
+            specialty="general_medicine",
+            languages=["ur", "en"],
+            facility_ids=[facility.id],
+            department_ids=[department],
+        ),
+    )
+    for weekday in range(6):
+        for starts, ends in _SESSIONS:
+            hours = WeeklyHoursCreate(
+                facility_id=facility.id, weekday=weekday, starts=starts, ends=ends, slot_minutes=10
+            )
+            await scheduling.add_weekly_hours(session, admin, practitioner.id, hours)
+    zone = ZoneInfo(facility.timezone)
+    day = datetime.now(zone).date() + timedelta(days=1)
+    while day.weekday() == 6:
+        day += timedelta(days=1)
+    for patient_id, minute in zip(patients[1:], (0, 20), strict=True):
+        start = datetime.combine(day, time(10, minute), tzinfo=zone)
+        booking = AppointmentCreate(
+            patient_id=patient_id,
+            practitioner_id=practitioner.id,
+            facility_id=facility.id,
+            appointment_type_id=types[0].id,
+            start=start,
+        )
+        await scheduling.book_appointment(session, auth.audit, admin, booking)

@@ -226,10 +226,16 @@ def _dialect_insert(session: AsyncSession, model: Any) -> Any:
 
 async def insert_ignoring_conflicts(
     session: AsyncSession, model: Any, values: dict[str, Any], conflict_columns: list[str]
-) -> None:
-    """``INSERT … ON CONFLICT DO NOTHING``: the row exists afterwards, whoever inserted it."""
-    statement = _dialect_insert(session, model).values(**values).on_conflict_do_nothing(index_elements=conflict_columns)
-    await session.execute(statement)
+) -> bool:
+    """``INSERT … ON CONFLICT DO NOTHING``: the row exists afterwards, whoever inserted it. True when this
+    statement inserted it."""
+    statement = (
+        _dialect_insert(session, model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=conflict_columns)
+        .returning(getattr(model, conflict_columns[0]))
+    )
+    return (await session.execute(statement)).first() is not None
 
 
 async def next_counter_value(session: AsyncSession, model: Any, key: dict[str, Any], counter_column: str) -> int:

@@ -91,7 +91,9 @@ async def _apply(session: AsyncSession, values: tuple[str, str]) -> None:
 
 
 @event.listens_for(Session, "after_begin")
-def _set_scope_on_begin(session: Session, _transaction: SessionTransaction, connection: Any) -> None:
+def _set_scope_on_begin(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    if transaction.parent is not None and session.info.get(_APPLIED_KEY) == session.info.get(_INFO_KEY):
+        return  # a savepoint inside a transaction already told: the setting holds until that one ends
     values = session.info.get(_INFO_KEY)
     session.info[_APPLIED_KEY] = values
     if values is None or connection.dialect.name != "postgresql":

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -134,11 +135,14 @@ async def book_appointment(
 
 
 @router.get("/slots", response_model=list[SlotRead])
-async def find_slots(query: Annotated[SlotQuery, Query()], actor: ScheduleReader, session: Session) -> list[SlotRead]:
+async def find_slots(query: Annotated[SlotQuery, Query()], actor: ScheduleReader, session: Session) -> Response:
     """Free slots at a facility for an appointment type, `from` to `to` (at most 31 days): of one practitioner,
     or of every practitioner of a department or a specialty there."""
     slots = await service.find_free_slots(session, actor, query)
-    return [SlotRead(start=slot.start, end=slot.end, practitioner_id=slot.practitioner_id) for slot in slots]
+    # A month of slots is about a thousand items: serialized directly, in the shape `SlotRead` documents,
+    # instead of being built and validated as models twice (it was a third of the search's time).
+    rows = [{"start": slot.start, "end": slot.end, "practitioner_id": str(slot.practitioner_id)} for slot in slots]
+    return Response(orjson.dumps(rows, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
 @router.post("/slot-holds", response_model=AppointmentRead, status_code=status.HTTP_201_CREATED)

@@ -66,6 +66,12 @@ class Interval:
         object.__setattr__(self, "end", end)
 
 
+def stored_interval(start: datetime, end: datetime) -> Interval:
+    """An ``Interval`` from a stored row: the database hands back UTC instants, and its check constraint keeps
+    ``end`` after ``start``, so the validation a month of bookings would repeat is skipped."""
+    return _interval(start, end)
+
+
 def _interval(start: datetime, end: datetime) -> Interval:
     """An ``Interval`` from values already checked (UTC, ordered): skips validation on the hot path."""
     interval = object.__new__(Interval)

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import Select, and_, or_, select, text, true, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -308,29 +308,36 @@ async def claim_idempotency_key(
     rolls back, the claim vanishes with the work, and nothing replays a failure as success."""
     assert actor.organization_id is not None
     identity = {"organization_id": actor.organization_id, "user_id": actor.user_id, "key": key}
-    await insert_ignoring_conflicts(
+    claimed = await insert_ignoring_conflicts(
         session,
         IdempotencyRecord,
         {**identity, "route": route, "request_hash": fingerprint, "status_code": 0, "response": {}},
         ["organization_id", "user_id", "key"],
     )
+    if claimed:
+        return None  # ours: nobody used this key before
     record = await session.get(IdempotencyRecord, (actor.organization_id, actor.user_id, key), populate_existing=True)
     assert record is not None
-    if record.status_code == 0:
-        return None  # ours: the claim this transaction just inserted
     if record.route != route or record.request_hash != fingerprint:
         raise InvalidInput("This Idempotency-Key was used with another request.", code="idempotency_key_reused")
+    if record.status_code == 0:  # defensive: a claim is settled in the very transaction that made it
+        raise Conflict("A request with this Idempotency-Key is still in progress.", code="idempotency_key_in_use")
     return Replay(record.status_code, record.response)
 
 
 async def settle_idempotency_key(
     session: AsyncSession, actor: Actor, key: str, status_code: int, body: dict[str, Any]
 ) -> None:
-    record = await session.get(IdempotencyRecord, (actor.organization_id, actor.user_id, key))
-    assert record is not None
-    record.status_code = status_code
-    record.response = body
-    await session.flush()
+    await session.execute(
+        update(IdempotencyRecord)
+        .where(
+            IdempotencyRecord.organization_id == actor.organization_id,
+            IdempotencyRecord.user_id == actor.user_id,
+            IdempotencyRecord.key == key,
+        )
+        .values(status_code=status_code, response=body)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def bookable_patient(session: AsyncSession, actor: Actor, patient_id: uuid.UUID) -> Patient:
@@ -425,6 +432,71 @@ async def place_in_schedule(
     return availability.Interval(start, end), working.buffer
 
 
+def _parties_query(
+    organization_id: uuid.UUID | None, facility_id: uuid.UUID, practitioner_id: uuid.UUID, type_id: uuid.UUID
+) -> Select[Any]:
+    """Facility, active practitioner, active type and whether the practitioner offers the type, in one row, or
+    no row when one of them is missing: three lookups by primary key side by side (a product of single rows, on
+    purpose), for the paths that almost always find all of them."""
+    lists_types = select(PractitionerAppointmentType.practitioner_id).where(
+        PractitionerAppointmentType.practitioner_id == practitioner_id
+    )
+    lists_this_type = lists_types.where(PractitionerAppointmentType.appointment_type_id == type_id)
+    return (
+        select(Facility, Practitioner, AppointmentType, ~lists_types.exists() | lists_this_type.exists())
+        .select_from(Facility)
+        .join(Practitioner, true())
+        .join(AppointmentType, true())
+        .where(
+            Facility.id == facility_id,
+            Facility.organization_id == organization_id,
+            Practitioner.id == practitioner_id,
+            Practitioner.organization_id == organization_id,
+            Practitioner.active,
+            AppointmentType.id == type_id,
+            AppointmentType.organization_id == organization_id,
+            AppointmentType.active,
+        )
+    )
+
+
+async def _booking_parties(
+    session: AsyncSession, actor: Actor, request: AppointmentCreate
+) -> tuple[Patient, Facility, Practitioner, AppointmentType]:
+    """The patient, facility, practitioner and type a booking names, each checked as its own lookup would:
+    in one query when all is well, otherwise one by one, so that each refusal names what is wrong."""
+    if (
+        actor.audience is Audience.patient
+        and await patients_service.own_patient_id(session, actor) != request.patient_id
+    ):
+        raise NotFound("Patient not found.", code="patient_not_found")
+    works_there = (
+        select(UserFacility.facility_id)
+        .where(UserFacility.user_id == actor.user_id, UserFacility.facility_id == request.facility_id)
+        .exists()
+    )
+    statement = (
+        _parties_query(actor.organization_id, request.facility_id, request.practitioner_id, request.appointment_type_id)
+        .add_columns(Patient, works_there)
+        .join(Patient, true())
+        .where(
+            Patient.id == request.patient_id,
+            Patient.organization_id == actor.organization_id,
+            Patient.status == PatientStatus.active,
+        )
+    )
+    found = (await session.execute(statement)).first()
+    staff_may_skip_check = actor.audience is Audience.patient or tenancy_policy.sees_every_facility(actor)
+    if found is not None and found[3] and (found[5] or staff_may_skip_check):
+        return found[4], found[0], found[1], found[2]
+    patient = await bookable_patient(session, actor, request.patient_id)
+    facility = await visible_facility(session, actor, request.facility_id)
+    await ensure_staff_works_at(session, actor, facility.id)
+    practitioner = await bookable_practitioner(session, actor, request.practitioner_id)
+    appointment_type = await offered_type(session, actor, practitioner, request.appointment_type_id)
+    return patient, facility, practitioner, appointment_type
+
+
 async def book_appointment(
     session: AsyncSession,
     audit_log: AuditLog,
@@ -436,11 +508,7 @@ async def book_appointment(
     """Book one appointment, or refuse with 409 and write nothing. With ``hold_for``, reserve the time as a
     hold instead: it blocks everyone else exactly like a booking until it is confirmed or runs out."""
     policy.ensure_can_book(actor)
-    patient = await bookable_patient(session, actor, request.patient_id)
-    facility = await visible_facility(session, actor, request.facility_id)
-    await ensure_staff_works_at(session, actor, facility.id)
-    practitioner = await bookable_practitioner(session, actor, request.practitioner_id)
-    appointment_type = await offered_type(session, actor, practitioner, request.appointment_type_id)
+    patient, facility, practitioner, appointment_type = await _booking_parties(session, actor, request)
     now = utcnow()
     time, buffer = await place_in_schedule(session, practitioner, facility, appointment_type, request.start, now)
     return await take_time(
@@ -537,9 +605,10 @@ async def occupy(
     if is_postgresql:
         await _queue_behind_competing_bookings(session, claim.practitioner_id, claim.patient_id)
     # On SQLite this transaction holds the database's write lock from its first statement, so nothing can slip
-    # in between these checks and the write below; on PostgreSQL the constraints decide, and the check only
-    # names the conflict early.
-    await _refuse_overlaps(session, claim, buffer)
+    # in between this check and the write below. On PostgreSQL the constraints refuse overlaps themselves; only
+    # a buffer, which no constraint knows, needs the check (after the locks above, so it sees the last booking).
+    if not is_postgresql or buffer > timedelta(0):
+        await _refuse_overlaps(session, claim, buffer)
     await _guarded_write(session, apply, is_postgresql=is_postgresql)
 
 
@@ -705,8 +774,9 @@ async def book_idempotently(
 # --- slot search ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
+    """A free slot; a tuple, because a month of them is built on every search."""
+
     practitioner_id: uuid.UUID
     start: datetime
     end: datetime
@@ -738,7 +808,7 @@ async def open_slots(
             Appointment.end_at > days.start,
         )
     )
-    busy = [availability.Interval(start, end) for start, end in busy_rows]
+    busy = [availability.stored_interval(start, end) for start, end in busy_rows]
     slots = availability.free_slots(
         working.intervals,
         busy,
@@ -785,12 +855,20 @@ async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery)
     """Free slots at a facility for an appointment type within [from, to): of one practitioner, or of every
     practitioner of a department or specialty there who offers the type, in time order."""
     policy.ensure_can_read_schedules(actor)
-    facility = await visible_facility(session, actor, query.facility_id)
     if query.practitioner_id is not None:
-        practitioner = await bookable_practitioner(session, actor, query.practitioner_id)
-        appointment_type = await offered_type(session, actor, practitioner, query.appointment_type_id)
+        statement = _parties_query(
+            actor.organization_id, query.facility_id, query.practitioner_id, query.appointment_type_id
+        )
+        found = (await session.execute(statement)).first()
+        if found is not None and found[3]:
+            facility, practitioner, appointment_type = found[0], found[1], found[2]
+        else:
+            facility = await visible_facility(session, actor, query.facility_id)
+            practitioner = await bookable_practitioner(session, actor, query.practitioner_id)
+            appointment_type = await offered_type(session, actor, practitioner, query.appointment_type_id)
         practitioners = [practitioner]
     else:
+        facility = await visible_facility(session, actor, query.facility_id)
         if query.department_id is not None and (
             await session.scalar(scoped_select(Department, actor).where(Department.id == query.department_id)) is None
         ):

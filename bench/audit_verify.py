@@ -49,7 +49,6 @@ import asyncpg
 from auth import settings_for
 from harness import (
     APP_ROLE,
-    RESULTS_DIR,
     BenchmarkError,
     CpuSnapshot,
     app_url,
@@ -57,10 +56,9 @@ from harness import (
     owner_url,
     postgres_version,
     prepare_database,
+    run_benchmark,
     run_sehat_command,
-    stop_on_sigterm,
     take_cpu_snapshot,
-    write_results,
 )
 
 TARGET_ENTRIES_PER_SECOND = 200_000
@@ -588,17 +586,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def main(arguments: list[str]) -> int:
-    options = parse_options(arguments)
-    with stop_on_sigterm():
-        try:
-            results = run(options)
-        except (BenchmarkError, subprocess.SubprocessError, asyncpg.PostgresError, OSError) as error:
-            print(f"[bench] FAILED: {error}", file=sys.stderr)
-            return 1
-    print(render_report(results))
-    output = write_results("audit-verify", results)
-    print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
-    return 0
+    failures = (BenchmarkError, subprocess.SubprocessError, asyncpg.PostgresError, OSError)
+    return run_benchmark("audit-verify", parse_options(arguments), run, render_report, failures=failures)
 
 
 if __name__ == "__main__":

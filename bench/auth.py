@@ -73,10 +73,9 @@ from harness import (
     postgres_database_counters,
     postgres_version,
     prepare_database,
+    run_benchmark,
     run_python_load,
     run_wrk,
-    stop_on_sigterm,
-    write_results,
 )
 from sehat.settings import Settings
 
@@ -688,17 +687,7 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def main(arguments: list[str]) -> int:
-    options = parse_options(arguments)
-    with stop_on_sigterm():
-        try:
-            results = run(options)
-        except BenchmarkError as error:
-            print(f"[bench] FAILED: {error}", file=sys.stderr)
-            return 1
-    print(render_report(results))
-    output = write_results("auth", results)
-    print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
-    return 0
+    return run_benchmark("auth", parse_options(arguments), run, render_report)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 import httpx
@@ -665,3 +666,23 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_benchmark(
+    name: str,
+    options: Any,
+    run: Callable[[Any], Mapping[str, object]],
+    render_report: Callable[[Mapping[str, object]], str],
+    failures: tuple[type[BaseException], ...] = (BenchmarkError,),
+) -> int:
+    """A benchmark's ``main``: run it (stopping cleanly on SIGTERM), print its report, write its figures."""
+    with stop_on_sigterm():
+        try:
+            results = run(options)
+        except failures as error:
+            print(f"[bench] FAILED: {error}", file=sys.stderr)
+            return 1
+    print(render_report(results))
+    output = write_results(name, results)
+    print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
+    return 0

@@ -85,10 +85,9 @@ from harness import (
     owner_url,
     postgres_version,
     prepare_database,
+    run_benchmark,
     run_python_load,
     run_wrk,
-    stop_on_sigterm,
-    write_results,
 )
 from patients_app import ENCRYPTION_SWITCH
 from sehat.settings import Settings
@@ -1426,17 +1425,7 @@ def render_report(results: Mapping[str, Any]) -> str:
 
 
 def main(arguments: list[str]) -> int:
-    options = parse_options(arguments)
-    with stop_on_sigterm():
-        try:
-            results = run(options)
-        except BenchmarkError as error:
-            print(f"[bench] FAILED: {error}", file=sys.stderr)
-            return 1
-    print(render_report(results))
-    output = write_results("patients", results)
-    print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
-    return 0
+    return run_benchmark("patients", parse_options(arguments), run, render_report)
 
 
 if __name__ == "__main__":

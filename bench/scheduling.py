@@ -100,9 +100,8 @@ from harness import (
     postgres_version,
     prepare_database,
     recreate_database,
-    stop_on_sigterm,
+    run_benchmark,
     take_cpu_snapshot,
-    write_results,
 )
 from harness import _read_process_times as read_process_times
 from loadgen import _content_length
@@ -1410,17 +1409,7 @@ def render_report(results: Mapping[str, Any]) -> str:
 
 
 def main(arguments: list[str]) -> int:
-    options = parse_options(arguments)
-    with stop_on_sigterm():
-        try:
-            results = run(options)
-        except BenchmarkError as error:
-            print(f"[bench] FAILED: {error}", file=sys.stderr)
-            return 1
-    print(render_report(results))
-    output = write_results("scheduling", results)
-    print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
-    return 0
+    return run_benchmark("scheduling", parse_options(arguments), run, render_report)
 
 
 if __name__ == "__main__":

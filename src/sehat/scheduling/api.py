@@ -302,11 +302,8 @@ async def check_in(
     response: Response,
     if_match: IfMatch = None,
 ) -> AppointmentRead:
-    appointment = await changes.check_in(
-        session, audit, actor, appointment_id, expected_version=expected_version(if_match)
-    )
-    _with_etag(response, appointment)
-    return changes.present(appointment)
+    """The patient arrived (from a few hours before the start until its end); the OPD queue takes over."""
+    return await _mark(session, audit, actor, appointment_id, changes.CHECK_IN_MARK, response, if_match)
 
 
 @router.post("/appointments/{appointment_id}/no-show", response_model=AppointmentRead)
@@ -318,8 +315,21 @@ async def mark_no_show(
     response: Response,
     if_match: IfMatch = None,
 ) -> AppointmentRead:
-    appointment = await changes.mark_no_show(
-        session, audit, actor, appointment_id, expected_version=expected_version(if_match)
+    """The patient did not come; only once the appointment has begun."""
+    return await _mark(session, audit, actor, appointment_id, changes.NO_SHOW_MARK, response, if_match)
+
+
+async def _mark(
+    session: AsyncSession,
+    audit: AuditLog,
+    actor: Actor,
+    appointment_id: uuid.UUID,
+    what: changes.Mark,
+    response: Response,
+    if_match: str | None,
+) -> AppointmentRead:
+    appointment = await changes.mark(
+        session, audit, actor, appointment_id, what, expected_version=expected_version(if_match)
     )
     _with_etag(response, appointment)
     return changes.present(appointment)

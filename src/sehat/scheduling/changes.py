@@ -10,6 +10,8 @@ and reschedule their own appointments, not check in or mark a no-show.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -284,48 +286,52 @@ async def _works_at(session: AsyncSession, practitioner_id: uuid.UUID, facility:
     return found is not None
 
 
-async def mark_no_show(
-    session: AsyncSession,
-    audit_log: AuditLog,
-    actor: Actor,
-    appointment_id: uuid.UUID,
-    *,
-    expected_version: int | None = None,
-) -> Appointment:
-    """The patient did not come. Only once the appointment has begun: before that they may still arrive."""
-    appointment = await _changeable(
-        session, actor, appointment_id, _MAY_NOT_SHOW, patients_may=False, expected_version=expected_version
-    )
-    now = utcnow()
+@dataclass(frozen=True)
+class Mark:
+    """A change staff record about a visit: from which statuses, to which, audited as what, and when."""
+
+    allowed: frozenset[AppointmentStatus]
+    to_status: AppointmentStatus
+    action: str
+    check_time: Callable[[Appointment, datetime], None]
+
+
+def _begun(appointment: Appointment, now: datetime) -> None:
+    # Before the start the patient may still arrive.
     if now < appointment.start_at:
         raise Conflict("The appointment has not begun yet.", code="too_early")
-    previous = _bump(appointment, Status.no_show, now)
-    service.record_transition(session, audit_log, actor, appointment, previous, NO_SHOW, now)
-    await session.flush()
-    return appointment
 
 
-async def check_in(
-    session: AsyncSession,
-    audit_log: AuditLog,
-    actor: Actor,
-    appointment_id: uuid.UUID,
-    *,
-    expected_version: int | None = None,
-) -> Appointment:
-    """The patient arrived: from here the OPD queue takes over. From a few hours before the start (on the
-    facility's clock) until the appointment's end."""
-    appointment = await _changeable(
-        session, actor, appointment_id, _MAY_CHECK_IN, patients_may=False, expected_version=expected_version
-    )
-    now = utcnow()
+def _on_the_day(appointment: Appointment, now: datetime) -> None:
     if now < appointment.start_at - CHECK_IN_OPENS:
         opens = (appointment.start_at - CHECK_IN_OPENS).astimezone(ZoneInfo("UTC")).isoformat()
         raise Conflict(f"Check-in opens at {opens}.", code="too_early")
     if now >= appointment.end_at:
         raise Conflict("The appointment is over; book a new one or register a walk-in.", code="too_late")
-    previous = _bump(appointment, Status.checked_in, now)
-    service.record_transition(session, audit_log, actor, appointment, previous, CHECK_IN, now)
+
+
+# The patient did not come: only once the appointment has begun.
+NO_SHOW_MARK = Mark(_MAY_NOT_SHOW, Status.no_show, NO_SHOW, _begun)
+# The patient arrived, from a few hours before the start until the end: from here the OPD queue takes over.
+CHECK_IN_MARK = Mark(_MAY_CHECK_IN, Status.checked_in, CHECK_IN, _on_the_day)
+
+
+async def mark(
+    session: AsyncSession,
+    audit_log: AuditLog,
+    actor: Actor,
+    appointment_id: uuid.UUID,
+    what: Mark,
+    *,
+    expected_version: int | None = None,
+) -> Appointment:
+    appointment = await _changeable(
+        session, actor, appointment_id, what.allowed, patients_may=False, expected_version=expected_version
+    )
+    now = utcnow()
+    what.check_time(appointment, now)
+    previous = _bump(appointment, what.to_status, now)
+    service.record_transition(session, audit_log, actor, appointment, previous, what.action, now)
     await session.flush()
     return appointment
 

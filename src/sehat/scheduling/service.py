@@ -77,6 +77,23 @@ async def visible_facility(session: AsyncSession, actor: Actor, facility_id: uui
     return facility
 
 
+async def visible_department(session: AsyncSession, actor: Actor, department_id: uuid.UUID) -> Department:
+    department = await session.scalar(scoped_select(Department, actor).where(Department.id == department_id))
+    if department is None:
+        raise NotFound("Department not found.", code="department_not_found")
+    return department
+
+
+async def active_type(
+    session: AsyncSession, actor: Actor, appointment_type_id: uuid.UUID, *, only_active: bool = True
+) -> AppointmentType:
+    statement = scoped_select(AppointmentType, actor).where(AppointmentType.id == appointment_type_id)
+    appointment_type = await session.scalar(statement.where(AppointmentType.active) if only_active else statement)
+    if appointment_type is None:
+        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+    return appointment_type
+
+
 async def create_practitioner(session: AsyncSession, actor: Actor, request: PractitionerCreate) -> Practitioner:
     policy.ensure_can_manage_schedules(actor)
     assert actor.organization_id is not None
@@ -86,11 +103,9 @@ async def create_practitioner(session: AsyncSession, actor: Actor, request: Prac
     for facility_id in request.facility_ids:
         await visible_facility(session, actor, facility_id)
     for department_id in request.department_ids:
-        if await session.scalar(scoped_select(Department, actor).where(Department.id == department_id)) is None:
-            raise NotFound("Department not found.", code="department_not_found")
+        await visible_department(session, actor, department_id)
     for type_id in request.appointment_type_ids:
-        if await session.scalar(scoped_select(AppointmentType, actor).where(AppointmentType.id == type_id)) is None:
-            raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+        await active_type(session, actor, type_id, only_active=False)
     existing = await session.scalar(scoped_select(Practitioner, actor).where(Practitioner.user_id == user.id))
     if existing is not None:
         raise Conflict("This user already has a practice profile.", code="practitioner_exists")
@@ -379,11 +394,7 @@ async def offered_type(
     session: AsyncSession, actor: Actor, practitioner: Practitioner, appointment_type_id: uuid.UUID
 ) -> AppointmentType:
     """The active appointment type, if the practitioner offers it (one who lists none offers every type)."""
-    appointment_type = await session.scalar(
-        scoped_select(AppointmentType, actor).where(AppointmentType.id == appointment_type_id, AppointmentType.active)
-    )
-    if appointment_type is None:
-        raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+    appointment_type = await active_type(session, actor, appointment_type_id)
     if not await type_is_offered(session, practitioner.id, appointment_type.id):
         raise InvalidInput(
             "The practitioner does not offer this appointment type.",
@@ -869,17 +880,9 @@ async def find_free_slots(session: AsyncSession, actor: Actor, query: SlotQuery)
         practitioners = [practitioner]
     else:
         facility = await visible_facility(session, actor, query.facility_id)
-        if query.department_id is not None and (
-            await session.scalar(scoped_select(Department, actor).where(Department.id == query.department_id)) is None
-        ):
-            raise NotFound("Department not found.", code="department_not_found")
-        appointment_type = await session.scalar(
-            scoped_select(AppointmentType, actor).where(
-                AppointmentType.id == query.appointment_type_id, AppointmentType.active
-            )
-        )
-        if appointment_type is None:
-            raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+        if query.department_id is not None:
+            await visible_department(session, actor, query.department_id)
+        appointment_type = await active_type(session, actor, query.appointment_type_id)
         practitioners = await practitioners_at(
             session,
             actor,

@@ -36,7 +36,7 @@ from sehat.scheduling.models import (
 )
 from sehat.scheduling.schemas import WaitlistCreate
 from sehat.tenancy import policy as tenancy_policy
-from sehat.tenancy.models import Department, Facility
+from sehat.tenancy.models import Facility
 
 JOIN = "waitlist.join"
 WITHDRAW = "waitlist.withdraw"
@@ -68,18 +68,9 @@ async def join(session: AsyncSession, audit_log: AuditLog, actor: Actor, request
             raise NotFound("Practitioner not found.", code="practitioner_not_found")
         await service.offered_type(session, actor, practitioner, request.appointment_type_id)
     else:
-        department = await session.scalar(
-            scoped_select(Department, actor).where(Department.id == request.department_id)
-        )
-        if department is None:
-            raise NotFound("Department not found.", code="department_not_found")
-        appointment_type = await session.scalar(
-            scoped_select(AppointmentType, actor).where(
-                AppointmentType.id == request.appointment_type_id, AppointmentType.active
-            )
-        )
-        if appointment_type is None:
-            raise NotFound("Appointment type not found.", code="appointment_type_not_found")
+        assert request.department_id is not None  # the schema requires one of the two
+        await service.visible_department(session, actor, request.department_id)
+        await service.active_type(session, actor, request.appointment_type_id)
     today = utcnow().astimezone(ZoneInfo(facility.timezone)).date()
     if request.to_date < today:
         raise InvalidInput(

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import sehat.core.db
+from sehat.migrations.shared import grant_permissions, revoke_permissions, wall_tenant_tables
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -59,11 +60,8 @@ TENANT_TABLES = (
     "patient_invitations",
     "patient_registrations",
 )
-_CURRENT_ORGANIZATION = "NULLIF(current_setting('sehat.organization_id', true), '')::uuid"
 
 # Lightweight table stubs: a migration must not depend on the application's models, which change later.
-_permissions = sa.table("permissions", sa.column("name", sa.String), sa.column("description", sa.String))
-_role_permissions = sa.table("role_permissions", sa.column("role", sa.String), sa.column("permission", sa.String))
 
 
 def upgrade() -> None:
@@ -253,24 +251,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("kind = 'mrn'"),
         sqlite_where=sa.text("kind = 'mrn'"),
     )
-    op.bulk_insert(_permissions, [{"name": name, "description": text} for name, (text, _) in PERMISSIONS.items()])
-    op.bulk_insert(
-        _role_permissions,
-        [{"role": role, "permission": name} for name, (_, roles) in PERMISSIONS.items() for role in roles],
-    )
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    own = f"organization_id = {_CURRENT_ORGANIZATION}"
-    for table in TENANT_TABLES:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({own}) WITH CHECK ({own})")
+    grant_permissions(PERMISSIONS)
+    wall_tenant_tables(TENANT_TABLES)
 
 
 def downgrade() -> None:
-    names = list(PERMISSIONS)
-    op.execute(sa.delete(_role_permissions).where(_role_permissions.c.permission.in_(names)))
-    op.execute(sa.delete(_permissions).where(_permissions.c.name.in_(names)))
+    revoke_permissions(PERMISSIONS)
     op.drop_index(
         "uq_patient_search_index_mrn",
         table_name="patient_search_index",

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import sehat.core.db
+from sehat.migrations.shared import grant_permissions, revoke_permissions, wall_tenant_tables
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -52,12 +53,8 @@ TENANT_TABLES = (
     "idempotency_records",
     "waitlist_entries",
 )
-_CURRENT_ORGANIZATION = "NULLIF(current_setting('sehat.organization_id', true), '')::uuid"
 # Must equal sehat.scheduling.models.ACTIVE_STATUSES: the statuses that occupy their time.
 _ACTIVE = "status IN ('held', 'booked', 'checked_in', 'needs_reschedule')"
-
-_permissions = sa.table("permissions", sa.column("name", sa.String), sa.column("description", sa.String))
-_role_permissions = sa.table("role_permissions", sa.column("role", sa.String), sa.column("permission", sa.String))
 
 
 def upgrade() -> None:
@@ -316,11 +313,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_waitlist_entries_open", "waitlist_entries", ["organization_id", "status", "created_at"], unique=False
     )
-    op.bulk_insert(_permissions, [{"name": name, "description": text} for name, (text, _) in PERMISSIONS.items()])
-    op.bulk_insert(
-        _role_permissions,
-        [{"role": role, "permission": name} for name, (_, roles) in PERMISSIONS.items() for role in roles],
-    )
+    grant_permissions(PERMISSIONS)
     if op.get_bind().dialect.name != "postgresql":
         return
     # The guarantee itself: no two active appointments of one practitioner, or of one patient, overlap.
@@ -331,17 +324,11 @@ def upgrade() -> None:
             f"ALTER TABLE appointments ADD CONSTRAINT {name} EXCLUDE USING gist "
             f"(organization_id WITH =, {column} WITH =, tstzrange(start_at, end_at, '[)') WITH &&) WHERE ({_ACTIVE})"
         )
-    own = f"organization_id = {_CURRENT_ORGANIZATION}"
-    for table in TENANT_TABLES:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({own}) WITH CHECK ({own})")
+    wall_tenant_tables(TENANT_TABLES)
 
 
 def downgrade() -> None:
-    names = list(PERMISSIONS)
-    op.execute(sa.delete(_role_permissions).where(_role_permissions.c.permission.in_(names)))
-    op.execute(sa.delete(_permissions).where(_permissions.c.name.in_(names)))
+    revoke_permissions(PERMISSIONS)
     op.drop_index("ix_waitlist_entries_open", table_name="waitlist_entries")
     op.drop_table("waitlist_entries")
     op.drop_index("ix_appointment_history_appointment", table_name="appointment_history")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import sehat.core.db
+from sehat.migrations.shared import grant_permissions, revoke_permissions, wall_tenant_tables
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -25,9 +26,6 @@ PERMISSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("org_admin", "front_office", "nurse", "patient"),
     ),
 }
-_permissions = sa.table("permissions", sa.column("name", sa.String), sa.column("description", sa.String))
-_role_permissions = sa.table("role_permissions", sa.column("role", sa.String), sa.column("permission", sa.String))
-_CURRENT_ORGANIZATION = "NULLIF(current_setting('sehat.organization_id', true), '')::uuid"
 
 
 def _organization_fk(table: str) -> sa.ForeignKeyConstraint:
@@ -140,24 +138,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_events")),
     )
     op.create_index("ix_outbox_events_unpublished", "outbox_events", ["published_at", "created_at"], unique=False)
-    op.bulk_insert(_permissions, [{"name": name, "description": text} for name, (text, _) in PERMISSIONS.items()])
-    op.bulk_insert(
-        _role_permissions,
-        [{"role": role, "permission": name} for name, (_, roles) in PERMISSIONS.items() for role in roles],
-    )
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    own = f"organization_id = {_CURRENT_ORGANIZATION}"
-    for table in NEW_TENANT_TABLES:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({own}) WITH CHECK ({own})")
+    grant_permissions(PERMISSIONS)
+    wall_tenant_tables(NEW_TENANT_TABLES)
 
 
 def downgrade() -> None:
-    names = list(PERMISSIONS)
-    op.execute(sa.delete(_role_permissions).where(_role_permissions.c.permission.in_(names)))
-    op.execute(sa.delete(_permissions).where(_permissions.c.name.in_(names)))
+    revoke_permissions(PERMISSIONS)
     op.drop_index("ix_outbox_events_unpublished", table_name="outbox_events")
     op.drop_table("outbox_events")
     op.drop_index("ix_waitlist_entries_waiting", table_name="waitlist_entries")
@@ -180,11 +166,7 @@ def downgrade() -> None:
     op.create_index(
         "ix_waitlist_entries_open", "waitlist_entries", ["organization_id", "status", "created_at"], unique=False
     )
-    if op.get_bind().dialect.name == "postgresql":
-        own = f"organization_id = {_CURRENT_ORGANIZATION}"
-        op.execute("ALTER TABLE waitlist_entries ENABLE ROW LEVEL SECURITY")
-        op.execute("ALTER TABLE waitlist_entries FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON waitlist_entries USING ({own}) WITH CHECK ({own})")
+    wall_tenant_tables(["waitlist_entries"])
     op.drop_column("appointments", "cancellation_code")
     op.drop_index("uq_facility_holidays_organization_id_facility_id_day", table_name="facility_holidays")
     op.drop_table("facility_holidays")

@@ -535,7 +535,13 @@ def generate_load(job: LoadJob, ready: Any, go: Any, results: Any) -> None:
 
 
 async def _generate(job: LoadJob, ready: Any, go: Any) -> dict[str, Any]:
-    connections = [await asyncio.open_connection("127.0.0.1", job.port) for _ in job.lanes]
+    # Paced, so that the server's workers take turns accepting: asyncio accepts every pending connection in
+    # one wake-up, and 64 connections opened at once can all land on one worker (seen: one worker busy, the
+    # other idle, throughput halved). The per-worker CPU split in the report shows how they spread.
+    connections = []
+    for _ in job.lanes:
+        connections.append(await asyncio.open_connection("127.0.0.1", job.port))
+        await asyncio.sleep(0.005)
     ready.set()
     await asyncio.to_thread(go.wait)
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -26,7 +26,7 @@ from sehat.identity.permissions import (
     SCHEDULE_READ,
     WAITLIST_MANAGE,
 )
-from sehat.scheduling import changes, conflicts, service, waitlist
+from sehat.scheduling import booking, changes, conflicts, service, waitlist
 from sehat.scheduling.models import Appointment
 from sehat.scheduling.schemas import (
     AbsenceCreate,
@@ -130,7 +130,7 @@ async def book_appointment(
 ) -> JSONResponse:
     """Book, or 409 with a code (`slot_taken`, `patient_busy`, `outside_availability`, `in_the_past`). With an
     `Idempotency-Key`, a retry of the same body gets the first answer again."""
-    status_code, content = await service.book_idempotently(session, audit, actor, body, idempotency_key)
+    status_code, content = await booking.book_idempotently(session, audit, actor, body, idempotency_key)
     return JSONResponse(content, status_code=status_code)
 
 
@@ -151,7 +151,7 @@ async def hold_slot(
 ) -> AppointmentRead:
     """Reserve a slot for a few minutes (`SEHAT_SLOT_HOLD_MINUTES`) while the patient confirms or pays."""
     hold_for = timedelta(minutes=request.app.state.settings.slot_hold_minutes)
-    return service.present(await service.book_appointment(session, audit, actor, body, hold_for=hold_for))
+    return service.present(await booking.book(session, audit, actor, body, hold_for=hold_for))
 
 
 @router.post("/slot-holds/{hold_id}/confirm", response_model=AppointmentRead)

@@ -13,10 +13,10 @@ import asyncio
 import hashlib
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import date, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -254,6 +254,36 @@ async def working_time(
             )
         )
     ).all()
+    holidays = await _holidays(session, facility, start, end)
+    return assemble_working_time(rules, exceptions, holidays, facility, start, end)
+
+
+class HoursLike(Protocol):
+    weekday: int
+    starts: Any
+    ends: Any
+    slot_minutes: int
+    buffer_minutes: int
+    valid_from: date | None
+    valid_until: date | None
+
+
+class ExceptionLike(Protocol):
+    kind: str
+    starts_at: datetime
+    ends_at: datetime
+    facility_id: uuid.UUID | None
+
+
+def assemble_working_time(
+    rules: Sequence[HoursLike],
+    exceptions: Sequence[ExceptionLike],
+    holidays: Sequence[availability.Interval],
+    facility: Facility,
+    start: datetime,
+    end: datetime,
+) -> WorkingTime | None:
+    """Working time from the rows that make it, however they were read."""
     extra = [
         availability.Interval(e.starts_at, e.ends_at)
         for e in exceptions
@@ -262,7 +292,6 @@ async def working_time(
     if not rules and not extra:
         return None
     leave = [availability.Interval(e.starts_at, e.ends_at) for e in exceptions if e.kind == ExceptionKind.leave]
-    leave += await _holidays(session, facility, start, end)
     hours = [
         availability.WeeklyHours(
             weekday=rule.weekday,
@@ -273,7 +302,9 @@ async def working_time(
         )
         for rule in rules
     ]
-    intervals = availability.working_intervals(hours, facility.timezone, start, end, extra=extra, leave=leave)
+    intervals = availability.working_intervals(
+        hours, facility.timezone, start, end, extra=extra, leave=[*leave, *holidays]
+    )
     # One grid per practitioner and facility: the finest of their rules there.
     granularity = timedelta(minutes=min(rule.slot_minutes for rule in rules)) if rules else DEFAULT_GRANULARITY
     buffer = timedelta(minutes=max((rule.buffer_minutes for rule in rules), default=0))
@@ -429,7 +460,21 @@ async def place_in_schedule(
     end = start + timedelta(minutes=appointment_type.duration_minutes)
     if start <= now:
         raise Conflict("That time is in the past.", code="in_the_past")
-    working = await working_time(session, practitioner.id, facility, start - timedelta(days=1), end + timedelta(days=1))
+    window = schedule_window(start, end)
+    working = await working_time(session, practitioner.id, facility, window.start, window.end)
+    return check_placement(working, start, end)
+
+
+def schedule_window(start: datetime, end: datetime) -> availability.Interval:
+    """The stretch whose working time decides whether [start, end) is bookable: a day either side, so that a
+    session reaching over midnight UTC is seen whole."""
+    return availability.Interval(start - timedelta(days=1), end + timedelta(days=1))
+
+
+def check_placement(
+    working: WorkingTime | None, start: datetime, end: datetime
+) -> tuple[availability.Interval, timedelta]:
+    """[start, end) and the buffer, if the time lies in one working stretch and on its grid; else the refusal."""
     stretch = availability.stretch_containing(working.intervals, start, end) if working else None
     if working is None or stretch is None:
         raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
@@ -623,7 +668,7 @@ async def occupy(
     await _guarded_write(session, apply, is_postgresql=is_postgresql)
 
 
-def _lock_key(kind: str, value: uuid.UUID) -> int:
+def lock_key(kind: str, value: uuid.UUID) -> int:
     return int.from_bytes(hashlib.sha256(f"sehat/booking/{kind}/{value}".encode()).digest()[:8], "big", signed=True)
 
 
@@ -634,7 +679,7 @@ async def _queue_behind_competing_bookings(
     locks in one global order, so they queue instead of inserting at once and deadlocking on each other's
     pending rows (each such deadlock costs a second of PostgreSQL's deadlock_timeout). The exclusion
     constraints remain the guarantee; a booking that bypassed these locks would still be refused."""
-    keys = sorted({_lock_key("practitioner", practitioner_id), _lock_key("patient", patient_id)})
+    keys = sorted({lock_key("practitioner", practitioner_id), lock_key("patient", patient_id)})
     await session.execute(
         text(
             "SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
@@ -664,7 +709,7 @@ async def _guarded_write(session: AsyncSession, apply: Callable[[], None], *, is
                 await session.flush()
             return
         except IntegrityError as exc:
-            raise _overlap_conflict(str(exc.orig)) from None
+            raise overlap_conflict(str(exc.orig)) from None
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != _DEADLOCK:
                 raise
@@ -717,7 +762,7 @@ def record_transition(
     )
 
 
-def _overlap_conflict(message: str) -> Conflict:
+def overlap_conflict(message: str) -> Conflict:
     if "no_overlap_per_patient" in message:
         return Conflict("The patient has another appointment at that time.", code="patient_busy")
     return Conflict("That time is already taken.", code="slot_taken")
@@ -747,7 +792,7 @@ async def _refuse_overlaps(session: AsyncSession, claim: Claim, buffer: timedelt
         )
     ).first()
     if clash is not None:
-        raise _overlap_conflict(
+        raise overlap_conflict(
             "no_overlap_per_practitioner" if clash[0] == claim.practitioner_id else "no_overlap_per_patient"
         )
 
@@ -766,20 +811,6 @@ def present(appointment: Appointment) -> AppointmentRead:
         version=appointment.version,
         cancellation_code=appointment.cancellation_code,
     )
-
-
-async def book_idempotently(
-    session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate, key: str | None
-) -> tuple[int, dict[str, Any]]:
-    """``book_appointment`` behind an optional idempotency key: the status and body to answer."""
-    if key is not None:
-        replay = await claim_idempotency_key(session, actor, key, BOOK_ROUTE, request_fingerprint(request))
-        if replay is not None:
-            return replay.status_code, replay.body
-    content = present(await book_appointment(session, audit_log, actor, request)).model_dump(mode="json")
-    if key is not None:
-        await settle_idempotency_key(session, actor, key, 201, content)
-    return 201, content
 
 
 # --- slot search ----------------------------------------------------------------------------------------

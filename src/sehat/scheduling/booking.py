@@ -1,0 +1,48 @@
+"""Booking's entry points: the PostgreSQL hot path when it can decide, the portable path otherwise, and the
+idempotency key around both."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sehat.core.actor import Actor
+from sehat.core.audit import AuditLog
+from sehat.core.clock import utcnow
+from sehat.scheduling import booking_pg, policy, service
+from sehat.scheduling.models import Appointment
+from sehat.scheduling.schemas import AppointmentCreate
+
+
+async def book(
+    session: AsyncSession,
+    audit_log: AuditLog,
+    actor: Actor,
+    request: AppointmentCreate,
+    *,
+    hold_for: timedelta | None = None,
+) -> Appointment:
+    """Book (or, with ``hold_for``, hold) one appointment, or refuse with 409 and write nothing."""
+    policy.ensure_can_book(actor)
+    if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+        booked = await booking_pg.try_book(session, audit_log, actor, request, hold_for=hold_for, now=utcnow())
+        if booked is not None:
+            return booked
+    return await service.book_appointment(session, audit_log, actor, request, hold_for=hold_for)
+
+
+async def book_idempotently(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate, key: str | None
+) -> tuple[int, dict[str, Any]]:
+    """``book`` behind an optional idempotency key: the status and body to answer."""
+    if key is not None:
+        fingerprint = service.request_fingerprint(request)
+        replay = await service.claim_idempotency_key(session, actor, key, service.BOOK_ROUTE, fingerprint)
+        if replay is not None:
+            return replay.status_code, replay.body
+    content = service.present(await book(session, audit_log, actor, request)).model_dump(mode="json")
+    if key is not None:
+        await service.settle_idempotency_key(session, actor, key, 201, content)
+    return 201, content

@@ -26,23 +26,39 @@ async def book(
 ) -> Appointment:
     """Book (or, with ``hold_for``, hold) one appointment, or refuse with 409 and write nothing."""
     policy.ensure_can_book(actor)
-    if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-        booked = await booking_pg.try_book(session, audit_log, actor, request, hold_for=hold_for, now=utcnow())
-        if booked is not None:
-            return booked
+    if _is_postgresql(session):
+        decided = await booking_pg.try_book(session, audit_log, actor, request, hold_for=hold_for, now=utcnow())
+        if decided.appointment is not None:
+            return decided.appointment
     return await service.book_appointment(session, audit_log, actor, request, hold_for=hold_for)
 
 
 async def book_idempotently(
     session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate, key: str | None
 ) -> tuple[int, dict[str, Any]]:
-    """``book`` behind an optional idempotency key: the status and body to answer."""
-    if key is not None:
+    """``book`` behind an optional idempotency key: the status and body to answer. The hot path claims and
+    settles the key inside its own two statements; otherwise the key is claimed first and settled last."""
+    policy.ensure_can_book(actor)
+    claimed = False
+    if _is_postgresql(session):
+        decided = await booking_pg.try_book(
+            session, audit_log, actor, request, hold_for=None, now=utcnow(), idempotency_key=key
+        )
+        if decided.appointment is not None:
+            return 201, service.present(decided.appointment).model_dump(mode="json")
+        claimed = decided.claimed
+    if key is not None and not claimed:
         fingerprint = service.request_fingerprint(request)
         replay = await service.claim_idempotency_key(session, actor, key, service.BOOK_ROUTE, fingerprint)
         if replay is not None:
             return replay.status_code, replay.body
-    content = service.present(await book(session, audit_log, actor, request)).model_dump(mode="json")
+    content = service.present(await service.book_appointment(session, audit_log, actor, request)).model_dump(
+        mode="json"
+    )
     if key is not None:
         await service.settle_idempotency_key(session, actor, key, 201, content)
     return 201, content
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]

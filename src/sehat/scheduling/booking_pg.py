@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -31,7 +31,7 @@ from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.db import driver_connection
 from sehat.core.errors import Conflict
 from sehat.patients.models import PatientStatus
-from sehat.scheduling import availability, service
+from sehat.scheduling import availability, schedule_pg, service
 from sehat.scheduling.models import Appointment, AppointmentStatus
 from sehat.scheduling.schemas import AppointmentCreate
 from sehat.tenancy import policy as tenancy_policy
@@ -113,53 +113,6 @@ class Decision:
     claimed: bool
 
 
-@dataclass(frozen=True)
-class _Hours:
-    weekday: int
-    starts: time
-    ends: time
-    slot_minutes: int
-    buffer_minutes: int
-    valid_from: date | None
-    valid_until: date | None
-
-
-@dataclass(frozen=True)
-class _Exception:
-    kind: str
-    starts_at: datetime
-    ends_at: datetime
-    facility_id: uuid.UUID | None
-
-
-def _hours(raw: str) -> list[_Hours]:
-    return [
-        _Hours(
-            weekday,
-            time.fromisoformat(starts),
-            time.fromisoformat(ends),
-            slot,
-            buffer,
-            date.fromisoformat(valid_from) if valid_from else None,
-            date.fromisoformat(valid_until) if valid_until else None,
-        )
-        for weekday, starts, ends, slot, buffer, valid_from, valid_until in orjson.loads(raw)
-    ]
-
-
-def _exceptions(raw: str) -> list[_Exception]:
-    utc = ZoneInfo("UTC")
-    return [
-        _Exception(
-            kind,
-            datetime.fromtimestamp(float(starts), utc),
-            datetime.fromtimestamp(float(ends), utc),
-            uuid.UUID(facility) if facility else None,
-        )
-        for kind, starts, ends, facility in orjson.loads(raw)
-    ]
-
-
 async def try_book(
     session: AsyncSession,
     audit_log: AuditLog,
@@ -223,7 +176,12 @@ async def try_book(
     )
     holidays = [availability.local_day(facility.timezone, day) for day in context["holidays"]]
     working = service.assemble_working_time(
-        _hours(context["rules"]), _exceptions(context["exceptions"]), holidays, facility, window.start, window.end
+        schedule_pg.hours(context["rules"]),
+        schedule_pg.exceptions(context["exceptions"]),
+        holidays,
+        facility,
+        window.start,
+        window.end,
     )
     placed, buffer = service.check_placement(working, start, end)
     if buffer > timedelta(0):

@@ -39,11 +39,12 @@ from sehat.tenancy.models import Facility
 
 # $1 organization, $2 patient, $3 facility, $4 practitioner, $5 type, $6 user, $7/$8 the window, $9/$10 its
 # days, $11 now, $12 the advisory lock keys, $13 the idempotency key (or NULL), $14 the route, $15 the body hash
-_CONTEXT = """
+# Placeholders only are formatted in (no value ever is), so this is not string-built SQL.
+_CONTEXT = f"""
 WITH claim AS (
   INSERT INTO idempotency_records (organization_id, user_id, key, route, request_hash, status_code, response,
                                    created_at)
-  SELECT $1, $6, $13, $14, $15, 0, '{}'::json, $11 WHERE $13::varchar IS NOT NULL
+  SELECT $1, $6, $13, $14, $15, 0, '{{}}'::json, $11 WHERE $13::varchar IS NOT NULL
   ON CONFLICT DO NOTHING
   RETURNING 1
 ), queued AS (
@@ -70,19 +71,10 @@ SELECT
   (NOT EXISTS (SELECT 1 FROM practitioner_appointment_types WHERE practitioner_id = $4)
    OR EXISTS (SELECT 1 FROM practitioner_appointment_types WHERE practitioner_id = $4 AND appointment_type_id = $5))
     AS offered,
-  (SELECT coalesce(json_agg(json_build_array(
-      weekday, starts, ends, slot_minutes, buffer_minutes, valid_from, valid_until)), '[]')::text
-     FROM availability_rules WHERE organization_id = $1 AND practitioner_id = $4 AND facility_id = $3) AS rules,
-  (SELECT coalesce(json_agg(json_build_array(
-      kind, extract(epoch FROM starts_at), extract(epoch FROM ends_at), facility_id)), '[]')::text
-     FROM availability_exceptions
-     WHERE organization_id = $1 AND practitioner_id = $4 AND starts_at < $8 AND ends_at > $7
-       AND (facility_id IS NULL OR facility_id = $3)) AS exceptions,
-  (SELECT coalesce(array_agg(day), '{}') FROM facility_holidays
-     WHERE organization_id = $1 AND facility_id = $3 AND day BETWEEN $9 AND $10) AS holidays
+  {schedule_pg.schedule_columns("$1", "$4", "$3", "$7", "$8", "$9", "$10")}
 FROM (SELECT 1) AS one
 LEFT JOIN facilities f ON f.id = $3 AND f.organization_id = $1
-"""
+"""  # noqa: S608
 
 # $1 id, $2 organization, $3 facility, $4 practitioner, $5 patient, $6 type, $7 start, $8 end, $9 status,
 # $10 hold expiry, $11 now, $12 history id, $13 actor, $14 the idempotency key (or NULL), $15 the answer

@@ -16,27 +16,47 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sehat.core.db import driver_connection
 from sehat.scheduling import availability
 
-# $1 organization, $2 practitioner, $3 facility, $4/$5 the window, $6/$7 its days, $8 now
-_SCHEDULE = """
-SELECT
+
+def schedule_columns(
+    organization: str,
+    practitioner: str,
+    facility: str,
+    window_start: str,
+    window_end: str,
+    first_day: str,
+    last_day: str,
+) -> str:
+    """The select-list columns ``rules``, ``exceptions`` and ``holidays`` over the given placeholders, for the
+    statements that read a schedule together with other things. Only placeholder names are formatted in."""
+    return f"""
   (SELECT coalesce(json_agg(json_build_array(
       weekday, starts, ends, slot_minutes, buffer_minutes, valid_from, valid_until)), '[]')::text
-     FROM availability_rules WHERE organization_id = $1 AND practitioner_id = $2 AND facility_id = $3) AS rules,
+     FROM availability_rules
+     WHERE organization_id = {organization} AND practitioner_id = {practitioner} AND facility_id = {facility}) AS rules,
   (SELECT coalesce(json_agg(json_build_array(
       kind, extract(epoch FROM starts_at), extract(epoch FROM ends_at), facility_id)), '[]')::text
      FROM availability_exceptions
-     WHERE organization_id = $1 AND practitioner_id = $2 AND starts_at < $5 AND ends_at > $4
-       AND (facility_id IS NULL OR facility_id = $3)) AS exceptions,
-  (SELECT coalesce(array_agg(day), '{}') FROM facility_holidays
-     WHERE organization_id = $1 AND facility_id = $3 AND day BETWEEN $6 AND $7) AS holidays,
-  (SELECT coalesce(array_agg(start_at ORDER BY start_at), '{}') FROM appointments
-     WHERE organization_id = $1 AND practitioner_id = $2 AND start_at < $5 AND end_at > $4
-       AND status IN ('held', 'booked', 'checked_in', 'needs_reschedule')
-       AND (status <> 'held' OR hold_expires_at > $8)) AS busy_starts,
-  (SELECT coalesce(array_agg(end_at ORDER BY start_at), '{}') FROM appointments
-     WHERE organization_id = $1 AND practitioner_id = $2 AND start_at < $5 AND end_at > $4
-       AND status IN ('held', 'booked', 'checked_in', 'needs_reschedule')
-       AND (status <> 'held' OR hold_expires_at > $8)) AS busy_ends
+     WHERE organization_id = {organization} AND practitioner_id = {practitioner}
+       AND starts_at < {window_end} AND ends_at > {window_start}
+       AND (facility_id IS NULL OR facility_id = {facility})) AS exceptions,
+  (SELECT coalesce(array_agg(day), '{{}}') FROM facility_holidays
+     WHERE organization_id = {organization} AND facility_id = {facility}
+       AND day BETWEEN {first_day} AND {last_day}) AS holidays"""  # noqa: S608
+
+
+# Taken time: active appointments, and holds that have not run out. $1 organization, $2 practitioner, $4/$5 the
+# window, $8 now.
+_TAKEN = """
+  FROM appointments
+  WHERE organization_id = $1 AND practitioner_id = $2 AND start_at < $5 AND end_at > $4
+    AND status IN ('held', 'booked', 'checked_in', 'needs_reschedule') AND (status <> 'held' OR hold_expires_at > $8)
+"""
+
+# $1 organization, $2 practitioner, $3 facility, $4/$5 the window, $6/$7 its days, $8 now
+_SCHEDULE = f"""
+SELECT {schedule_columns("$1", "$2", "$3", "$4", "$5", "$6", "$7")},
+  (SELECT coalesce(array_agg(start_at ORDER BY start_at), '{{}}') {_TAKEN}) AS busy_starts,
+  (SELECT coalesce(array_agg(end_at ORDER BY start_at), '{{}}') {_TAKEN}) AS busy_ends
 """
 
 

@@ -189,3 +189,34 @@ async def _reschedule_storm(api: Api) -> None:
     assert len(rows) == 40 + (1 if winners[0].status == 201 else 0)
     assert await _overlaps(api, "practitioner_id") == []
     assert await _overlaps(api, "patient_id") == []
+
+
+async def test_patients_and_front_office_racing_for_the_same_slots_on_both_booking_paths_never_double_book(
+    start_api: Any,
+) -> None:
+    """On PostgreSQL a patient's own booking takes the portable path and the front office's the hot path; the
+    two take the same locks in the same order and meet the same constraints."""
+    async with start_api(**STORM_SETTINGS) as api:
+        await _mixed_paths_storm(api)
+
+
+async def _mixed_paths_storm(api: Api) -> None:
+    clinic = await open_clinic(api, patients=40)
+    patients = [await clinic.patient_headers(number) for number in range(20)]
+    slots = [tomorrow_at(9) + timedelta(minutes=10 * step) for step in range(4)]
+
+    async def by_patient(number: int) -> Outcome:
+        body = clinic.booking(start=slots[number % 4], patient=number)
+        started = time.monotonic()
+        response = await api.client.post("/api/v1/appointments", headers=patients[number], json=body)
+        return Outcome(started, time.monotonic(), response.status_code, response.json())
+
+    desk = [_timed(clinic, clinic.booking(start=slots[number % 4], patient=number)) for number in range(20, 40)]
+    outcomes = await asyncio.gather(*(by_patient(number) for number in range(20)), *desk)
+    rows = await _active_rows(api)
+    # 20-minute visits on a 10-minute grid: of the four overlapping starts, at most two fit side by side.
+    assert 1 <= len(rows) <= 2
+    assert sum(outcome.status == 409 for outcome in outcomes) == 40 - len(rows)
+    assert await _overlaps(api, "practitioner_id") == []
+    assert await _overlaps(api, "patient_id") == []
+    _check_history(outcomes, rows)

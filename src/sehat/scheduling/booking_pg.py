@@ -1,8 +1,9 @@
 """The booking hot path on PostgreSQL: the same decisions as ``service.book_appointment`` in two statements on
 the request's own asyncpg connection, instead of a dozen ORM statements (DESIGN §8).
 
-1. One statement claims the idempotency key (if any), expires holds that ran out around the time, takes the
-   ordered advisory locks, and reads everything the decision needs: the patient's status, the facility,
+1. One statement claims the idempotency key (if any), then takes the ordered advisory locks, then expires
+   holds that ran out around the time (the same order as the portable path), and reads everything the
+   decision needs: the patient's status, the facility,
    whether the desk works there, the practitioner, the type and whether it is offered, and the practitioner's
    hours, leave, extra sessions and the facility's holidays around the time.
 2. One statement inserts the appointment, its history row and its audit entry (the entry's INSERT travels as

@@ -138,3 +138,19 @@ async def test_a_practitioner_who_lists_types_is_searched_and_booked_for_those_o
     assert refused.status_code == 422 and refused.json()["code"] == "appointment_type_not_offered"
     by_specialty = await clinic.get("/slots", specialty="surgery", appointment_type_id=clinic.type_ids["new"], **window)
     assert by_specialty.json() == []
+
+
+async def test_practitioners_are_listed_by_facility_department_or_specialty(api: Api) -> None:
+    clinic = await open_clinic(api, practitioners=3, specialties=("cardiology", "cardiology", "dermatology"))
+    everyone = await clinic.get("/practitioners")
+    assert everyone.status_code == 200, everyone.text
+    assert sorted(item["id"] for item in everyone.json()["items"]) == sorted(clinic.practitioner_ids)
+    assert all(item["facility_ids"] == [clinic.facility_id] for item in everyone.json()["items"])
+    cardiology = await clinic.get("/practitioners", specialty="cardiology")
+    assert sorted(item["id"] for item in cardiology.json()["items"]) == sorted(clinic.practitioner_ids[:2])
+    in_department = await clinic.get("/practitioners", department_id=clinic.department_id, limit=2)
+    assert len(in_department.json()["items"]) == 2 and in_department.json()["next_cursor"]
+    elsewhere = await clinic.get("/practitioners", facility_id=str(clinic.desk.tenant.facility_ids[1]))
+    assert elsewhere.json()["items"] == []
+    patient = await clinic.patient_headers(0)
+    assert (await clinic.get("/practitioners", headers=patient)).status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Header, Query, Request, Response, status
@@ -73,16 +73,47 @@ Audit = Annotated[AuditLog, Depends(get_audit_log)]
 
 
 async def _practitioner_read(session: AsyncSession, practitioner: object) -> PractitionerRead:
-    read = PractitionerRead.model_validate(practitioner)
-    links = await service.practitioner_links(session, read.id)
-    read.facility_ids, read.department_ids = links.facility_ids, links.department_ids
-    read.appointment_type_ids = links.appointment_type_ids
-    return read
+    return (await _practitioner_reads(session, [practitioner]))[0]
+
+
+async def _practitioner_reads(session: AsyncSession, practitioners: list[Any]) -> list[PractitionerRead]:
+    links = await service.links_of_practitioners(session, [practitioner.id for practitioner in practitioners])
+    reads = []
+    for practitioner in practitioners:
+        read = PractitionerRead.model_validate(practitioner)
+        linked = links[practitioner.id]
+        read.facility_ids, read.department_ids = linked.facility_ids, linked.department_ids
+        read.appointment_type_ids = linked.appointment_type_ids
+        reads.append(read)
+    return reads
 
 
 @router.post("/practitioners", response_model=PractitionerRead, status_code=status.HTTP_201_CREATED)
 async def create_practitioner(body: PractitionerCreate, actor: Manager, session: Session) -> PractitionerRead:
     return await _practitioner_read(session, await service.create_practitioner(session, actor, body))
+
+
+@router.get("/practitioners", response_model=Page[PractitionerRead])
+async def list_practitioners(
+    actor: ScheduleReader,
+    session: Session,
+    facility_id: uuid.UUID | None = None,
+    department_id: uuid.UUID | None = None,
+    specialty: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[PractitionerRead]:
+    """Active practitioners, optionally of a facility, a department or a specialty."""
+    rows, next_cursor = await service.list_practitioners(
+        session,
+        actor,
+        facility_id=facility_id,
+        department_id=department_id,
+        specialty=specialty,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[PractitionerRead](items=await _practitioner_reads(session, rows), next_cursor=next_cursor)
 
 
 @router.get("/practitioners/{practitioner_id}", response_model=PractitionerRead)

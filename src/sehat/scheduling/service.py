@@ -30,6 +30,7 @@ from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.clock import utcnow
 from sehat.core.db import insert_ignoring_conflicts
 from sehat.core.errors import Conflict, InvalidInput, NotFound
+from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
 from sehat.identity.models import User, UserFacility
 from sehat.patients import service as patients_service
@@ -148,16 +149,58 @@ class PractitionerLinks:
 
 
 async def practitioner_links(session: AsyncSession, practitioner_id: uuid.UUID) -> PractitionerLinks:
-    async def ids(column: Any, owner: Any) -> list[uuid.UUID]:
-        return sorted((await session.scalars(select(column).where(owner == practitioner_id))).all())
+    return (await links_of_practitioners(session, [practitioner_id]))[practitioner_id]
 
-    return PractitionerLinks(
-        facility_ids=await ids(PractitionerFacility.facility_id, PractitionerFacility.practitioner_id),
-        department_ids=await ids(PractitionerDepartment.department_id, PractitionerDepartment.practitioner_id),
-        appointment_type_ids=await ids(
-            PractitionerAppointmentType.appointment_type_id, PractitionerAppointmentType.practitioner_id
-        ),
-    )
+
+async def links_of_practitioners(
+    session: AsyncSession, practitioner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, PractitionerLinks]:
+    """Facilities, departments and offered types of several practitioners, in three queries."""
+
+    async def grouped(owner: Any, column: Any) -> dict[uuid.UUID, list[uuid.UUID]]:
+        found: dict[uuid.UUID, list[uuid.UUID]] = {practitioner_id: [] for practitioner_id in practitioner_ids}
+        rows = await session.execute(select(owner, column).where(owner.in_(practitioner_ids)))
+        for practitioner_id, linked in rows:
+            found[practitioner_id].append(linked)
+        return {practitioner_id: sorted(linked) for practitioner_id, linked in found.items()}
+
+    facilities = await grouped(PractitionerFacility.practitioner_id, PractitionerFacility.facility_id)
+    departments = await grouped(PractitionerDepartment.practitioner_id, PractitionerDepartment.department_id)
+    types = await grouped(PractitionerAppointmentType.practitioner_id, PractitionerAppointmentType.appointment_type_id)
+    return {
+        practitioner_id: PractitionerLinks(
+            facilities[practitioner_id], departments[practitioner_id], types[practitioner_id]
+        )
+        for practitioner_id in practitioner_ids
+    }
+
+
+async def list_practitioners(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    facility_id: uuid.UUID | None = None,
+    department_id: uuid.UUID | None = None,
+    specialty: str | None = None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Practitioner], str | None]:
+    """Active practitioners, optionally of a facility, a department or a specialty, oldest profile first."""
+    policy.ensure_can_read_schedules(actor)
+    statement = scoped_select(Practitioner, actor).where(Practitioner.active)
+    if facility_id is not None:
+        at_facility = select(PractitionerFacility.practitioner_id).where(
+            PractitionerFacility.facility_id == facility_id
+        )
+        statement = statement.where(Practitioner.id.in_(at_facility))
+    if department_id is not None:
+        in_department = select(PractitionerDepartment.practitioner_id).where(
+            PractitionerDepartment.department_id == department_id
+        )
+        statement = statement.where(Practitioner.id.in_(in_department))
+    if specialty is not None:
+        statement = statement.where(Practitioner.specialty == specialty)
+    return await paginate(session, statement, Practitioner, limit=limit, cursor=cursor)
 
 
 async def create_appointment_type(

@@ -240,8 +240,10 @@ async def add_holiday(body: HolidayCreate, actor: Manager, session: Session, aud
 # --- appointments ----------------------------------------------------------------------------------------
 
 
-def _with_etag(response: Response, appointment: Appointment) -> None:
+def _changed(response: Response, appointment: Appointment) -> AppointmentRead:
+    """A changed appointment as answered, with its new version as the ETag for the next change's If-Match."""
     response.headers["ETag"] = f'"{appointment.version}"'
+    return changes.present(appointment)
 
 
 @router.get("/appointments", response_model=Page[AppointmentRead])
@@ -295,8 +297,7 @@ async def cancel_appointment(
         expected_version=expected_version(if_match),
         waitlist_hold=_waitlist_hold(request),
     )
-    _with_etag(response, appointment)
-    return changes.present(appointment)
+    return _changed(response, appointment)
 
 
 @router.post("/appointments/{appointment_id}/reschedule", response_model=AppointmentRead)
@@ -320,8 +321,7 @@ async def reschedule_appointment(
         expected_version=expected_version(if_match),
         waitlist_hold=_waitlist_hold(request),
     )
-    _with_etag(response, appointment)
-    return changes.present(appointment)
+    return _changed(response, appointment)
 
 
 @router.post("/appointments/{appointment_id}/check-in", response_model=AppointmentRead)
@@ -362,8 +362,7 @@ async def _mark(
     appointment = await changes.mark(
         session, audit, actor, appointment_id, what, expected_version=expected_version(if_match)
     )
-    _with_etag(response, appointment)
-    return changes.present(appointment)
+    return _changed(response, appointment)
 
 
 # --- waitlist ---------------------------------------------------------------------------------------------

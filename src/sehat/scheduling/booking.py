@@ -44,8 +44,8 @@ async def book_idempotently(
         decided = await booking_pg.try_book(
             session, audit_log, actor, request, hold_for=None, now=utcnow(), idempotency_key=key
         )
-        if decided.appointment is not None:
-            return 201, service.present(decided.appointment).model_dump(mode="json")
+        if decided.answer is not None:
+            return 201, decided.answer
         claimed = decided.claimed
     if key is not None and not claimed:
         fingerprint = service.request_fingerprint(request)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -28,7 +29,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sehat.core.actor import Actor, Audience
-from sehat.core.audit import AuditEntry, AuditLog, Outcome
+from sehat.core.audit import AuditLog
 from sehat.core.db import driver_connection
 from sehat.core.errors import Conflict
 from sehat.patients.models import PatientStatus
@@ -104,6 +105,8 @@ class Decision:
 
     appointment: Appointment | None
     claimed: bool
+    # The booking as the API answers it (and as the idempotency key now replays it).
+    answer: dict[str, Any] | None = None
 
 
 async def try_book(
@@ -179,8 +182,8 @@ async def try_book(
     placed, buffer = service.check_placement(working, start, end)
     if buffer > timedelta(0):
         return Decision(None, claimed)  # the buffer needs its own check after the locks: the portable path has it
-    appointment = await _insert(session, audit_log, actor, request, placed, hold_for, now, idempotency_key)
-    return Decision(appointment, claimed)
+    appointment, answer = await _insert(session, audit_log, actor, request, placed, hold_for, now, idempotency_key)
+    return Decision(appointment, claimed, answer)
 
 
 async def _insert(
@@ -192,7 +195,7 @@ async def _insert(
     hold_for: timedelta | None,
     now: datetime,
     idempotency_key: str | None,
-) -> Appointment:
+) -> tuple[Appointment, dict[str, Any]]:
     organization_id = actor.organization_id
     assert organization_id is not None
     appointment = Appointment(
@@ -210,15 +213,8 @@ async def _insert(
         created_at=now,
         updated_at=now,
     )
-    entry = AuditEntry(
-        action=service.APPOINTMENT_HOLD if hold_for else service.APPOINTMENT_BOOK,
-        outcome=Outcome.success,
-        resource_type="appointment",
-        resource_id=str(appointment.id),
-        patient_id=appointment.patient_id,
-        details={"facility_id": str(appointment.facility_id), "practitioner_id": str(appointment.practitioner_id)},
-    )
-    answer = orjson.dumps(service.present(appointment).model_dump(mode="json")).decode()
+    entry = service.transition_entry(appointment, service.APPOINTMENT_HOLD if hold_for else service.APPOINTMENT_BOOK)
+    answer = service.present(appointment).model_dump(mode="json")
     try:
         await audit_log.fetch_with_entry(
             session,
@@ -239,7 +235,7 @@ async def _insert(
             uuid.uuid4(),
             actor.user_id,
             idempotency_key,
-            answer,
+            orjson.dumps(answer).decode(),
         )
     except asyncpg.exceptions.ExclusionViolationError as error:
         raise service.overlap_conflict(str(error)) from None
@@ -247,4 +243,4 @@ async def _insert(
         # The ordered advisory locks keep bookings through sehat from deadlocking each other; one that does
         # (against a writer that skipped them) is told to try again, and its transaction rolls back.
         raise Conflict("Someone else is booking that time right now; try again.", code="slot_contended") from None
-    return appointment
+    return appointment, answer

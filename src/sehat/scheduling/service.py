@@ -810,21 +810,23 @@ def record_transition(
         )
     )
     audit_log.record(
-        session,
-        actor,
-        AuditEntry(
-            action=action,
-            outcome=Outcome.success,
-            resource_type="appointment",
-            resource_id=str(appointment.id),
-            patient_id=appointment.patient_id,
-            details={
-                "facility_id": str(appointment.facility_id),
-                "practitioner_id": str(appointment.practitioner_id),
-                **(details or {}),
-            },
-        ),
-        organization_id=appointment.organization_id,
+        session, actor, transition_entry(appointment, action, details), organization_id=appointment.organization_id
+    )
+
+
+def transition_entry(appointment: Appointment, action: str, details: dict[str, Any] | None = None) -> AuditEntry:
+    """The audit entry of one change of an appointment."""
+    return AuditEntry(
+        action=action,
+        outcome=Outcome.success,
+        resource_type="appointment",
+        resource_id=str(appointment.id),
+        patient_id=appointment.patient_id,
+        details={
+            "facility_id": str(appointment.facility_id),
+            "practitioner_id": str(appointment.practitioner_id),
+            **(details or {}),
+        },
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from sehat.core.audit import AuditEvent
 from sehat.core.events import OutboxEvent
 from sehat.scheduling.models import AppointmentHistory
 from tests.conftest import Api
@@ -169,3 +170,19 @@ async def test_only_administrators_change_schedules_and_bad_ranges_are_422(clini
     assert elsewhere.status_code == 422 and elsewhere.json()["code"] == "facility_not_of_practitioner"
     too_long = await _leave(clinic, 0, tomorrow_at(9), tomorrow_at(9) + timedelta(days=400))
     assert too_long.status_code == 422
+
+
+async def test_looking_at_reschedule_options_is_an_audited_read_walled_like_any_other(clinic: Clinic) -> None:
+    own = await clinic.booked(start=tomorrow_at(10), patient=0)
+    someone_else = await clinic.booked(start=tomorrow_at(12), patient=1)
+    options = await clinic.get(f"/appointments/{own['id']}/reschedule-options")
+    assert options.status_code == 200, options.text
+    assert options.json() and all(offer["practitioner_id"] == clinic.practitioner_ids[0] for offer in options.json())
+    patient = await clinic.patient_headers(0)
+    hidden = await clinic.get(f"/appointments/{someone_else['id']}/reschedule-options", headers=patient)
+    assert hidden.status_code == 404
+    async with clinic.api.unit_of_work() as session:
+        reads = (
+            await session.scalars(select(AuditEvent.resource_id).where(AuditEvent.action == "appointment.read"))
+        ).all()
+    assert reads == [own["id"]]

@@ -263,10 +263,11 @@ async def get_appointment(
 
 
 @router.get("/appointments/{appointment_id}/reschedule-options", response_model=list[SlotRead])
-async def reschedule_options(appointment_id: uuid.UUID, actor: AppointmentReader, session: Session) -> list[SlotRead]:
+async def reschedule_options(
+    appointment_id: uuid.UUID, actor: AppointmentReader, session: Session, audit: Audit
+) -> list[SlotRead]:
     """The next free slots for this appointment with its practitioner or an equivalent one."""
-    appointment = await changes.visible_appointment(session, actor, appointment_id)
-    return await conflicts.offers_for(session, actor, appointment)
+    return await conflicts.offers_for(session, audit, actor, appointment_id)
 
 
 def _waitlist_hold(request: Request) -> timedelta:

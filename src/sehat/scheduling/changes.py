@@ -99,7 +99,7 @@ def _may_read_reason(actor: Actor) -> bool:
     return actor.audience is Audience.patient or policy.may_manage_appointments(actor)
 
 
-def _read_entry(action: str, appointment: Appointment) -> AuditEntry:
+def read_entry(action: str, appointment: Appointment) -> AuditEntry:
     return AuditEntry(
         action=action,
         outcome=Outcome.success,
@@ -114,7 +114,7 @@ async def read_appointment(
     session: AsyncSession, audit_log: AuditLog, key_ring: KeyRing, actor: Actor, appointment_id: uuid.UUID
 ) -> AppointmentRead:
     appointment = await visible_appointment(session, actor, appointment_id)
-    audit_log.record(session, actor, _read_entry(READ, appointment))
+    audit_log.record(session, actor, read_entry(READ, appointment))
     return present(appointment, key_ring=key_ring if _may_read_reason(actor) else None)
 
 
@@ -142,7 +142,7 @@ async def list_appointments(
     if query.ends_before is not None:
         statement = statement.where(Appointment.start_at < query.ends_before)
     rows, cursor = await paginate(session, statement, Appointment, limit=query.limit, cursor=query.cursor)
-    await audit_log.record_many(session, actor, [_read_entry(LIST, appointment) for appointment in rows])
+    await audit_log.record_many(session, actor, [read_entry(LIST, appointment) for appointment in rows])
     return [present(appointment) for appointment in rows], cursor
 
 

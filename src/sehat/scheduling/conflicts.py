@@ -22,7 +22,7 @@ from sehat.core.audit import AuditLog
 from sehat.core.clock import utcnow
 from sehat.core.errors import Conflict, InvalidInput, NotFound
 from sehat.core.scoping import scoped_select
-from sehat.scheduling import availability, policy, service
+from sehat.scheduling import availability, changes, policy, service
 from sehat.scheduling.models import (
     Appointment,
     AppointmentStatus,
@@ -276,7 +276,12 @@ async def reschedule_offers(
     return [SlotRead(start=slot.start, end=slot.end, practitioner_id=slot.practitioner_id) for slot in slots[:OFFERS]]
 
 
-async def offers_for(session: AsyncSession, actor: Actor, appointment: Appointment) -> list[SlotRead]:
+async def offers_for(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, appointment_id: uuid.UUID
+) -> list[SlotRead]:
+    """The next free slots for an appointment the caller may see; looking at it is audited like any read."""
+    appointment = await changes.visible_appointment(session, actor, appointment_id)
+    audit_log.record(session, actor, changes.read_entry(changes.READ, appointment))
     facility = await session.get(Facility, appointment.facility_id)
     assert facility is not None
     return await reschedule_offers(session, actor, appointment, facility, utcnow())

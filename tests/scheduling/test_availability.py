@@ -12,11 +12,13 @@ import pytest
 
 from sehat.scheduling.availability import (
     Interval,
+    Placement,
     WeeklyHours,
     covering_local_days,
     free_slots,
     is_on_grid,
     local_day,
+    placement,
     slot_is_offered,
     stretch_containing,
     working_intervals,
@@ -659,3 +661,12 @@ def test_random_small_calendars_match_the_minute_by_minute_reference(seed: int) 
         assert slot_is_offered(working, slot.start, duration * MINUTE, granularity * MINUTE)
         if granularity > 1:
             assert not slot_is_offered(working, slot.start + MINUTE, duration * MINUTE, granularity * MINUTE)
+
+
+def test_placement_names_why_a_slot_is_not_offered() -> None:
+    day = [Interval(utc(2026, 5, 4, 9), utc(2026, 5, 4, 12))]
+    ten = 10 * MINUTE
+    assert placement(day, utc(2026, 5, 4, 9, 30), 2 * ten, ten) is Placement.offered
+    assert placement(day, utc(2026, 5, 4, 9, 35), 2 * ten, ten) is Placement.off_grid
+    assert placement(day, utc(2026, 5, 4, 11, 50), 2 * ten, ten) is Placement.outside
+    assert placement([], utc(2026, 5, 4, 9, 30), 2 * ten, ten) is Placement.outside

@@ -33,6 +33,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ZERO = timedelta(0)
@@ -309,10 +310,27 @@ def is_on_grid(anchor: datetime, start: datetime, granularity: timedelta) -> boo
     return offset >= ZERO and offset % granularity == ZERO
 
 
-def slot_is_offered(working: Sequence[Interval], start: datetime, duration: timedelta, granularity: timedelta) -> bool:
-    """Whether ``free_slots`` would offer ``[start, start + duration)`` on an empty calendar: it lies wholly in
-    one working stretch and on that stretch's grid. Collisions with other bookings and the buffer are the booking
-    transaction's to check."""
+class Placement(StrEnum):
+    """Where a requested slot stands on an empty calendar."""
+
+    offered = "offered"
+    # Not wholly inside one working stretch (outside the hours, on leave, across a break).
+    outside = "outside"
+    # Inside working time, but not on that stretch's grid.
+    off_grid = "off_grid"
+
+
+def placement(working: Sequence[Interval], start: datetime, duration: timedelta, granularity: timedelta) -> Placement:
+    """Whether ``free_slots`` would offer ``[start, start + duration)`` on an empty calendar, and if not, why.
+    Collisions with other bookings and the buffer are the booking transaction's to check."""
     _check_lengths(duration, granularity)
     stretch = stretch_containing(working, start, start + duration)
-    return stretch is not None and is_on_grid(stretch.start, start, granularity)
+    if stretch is None:
+        return Placement.outside
+    return Placement.offered if is_on_grid(stretch.start, start, granularity) else Placement.off_grid
+
+
+def slot_is_offered(working: Sequence[Interval], start: datetime, duration: timedelta, granularity: timedelta) -> bool:
+    """Whether ``free_slots`` would offer ``[start, start + duration)`` on an empty calendar: it lies wholly in
+    one working stretch and on that stretch's grid."""
+    return placement(working, start, duration, granularity) is Placement.offered

@@ -524,10 +524,13 @@ def check_placement(
     working: WorkingTime | None, start: datetime, end: datetime
 ) -> tuple[availability.Interval, timedelta]:
     """[start, end) and the buffer, if the time lies in one working stretch and on its grid; else the refusal."""
-    stretch = availability.stretch_containing(working.intervals, start, end) if working else None
-    if working is None or stretch is None:
+    outside = availability.Placement.outside
+    if (
+        working is None
+        or (where := availability.placement(working.intervals, start, end - start, working.granularity)) is outside
+    ):
         raise Conflict("The practitioner does not offer that time at this facility.", code="outside_availability")
-    if not availability.is_on_grid(stretch.start, start, working.granularity):
+    if where is availability.Placement.off_grid:
         minutes = int(working.granularity.total_seconds() // 60)
         raise InvalidInput(
             f"Appointments start on the practitioner's {minutes}-minute grid.",

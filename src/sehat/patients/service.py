@@ -59,6 +59,7 @@ from sehat.patients.schemas import (
     PatientUpdate,
 )
 from sehat.patients.vault import PatientVault
+from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.models import Facility
 
 log = structlog.get_logger(__name__)
@@ -605,11 +606,7 @@ async def list_patients(
     policy.ensure_can_read(actor)
     statement = scoped_select(Patient, actor)
     if not policy.reads_every_facility(actor):
-        statement = statement.where(
-            Patient.registering_facility_id.in_(
-                select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id)
-            )
-        )
+        statement = statement.where(Patient.registering_facility_id.in_(tenancy_service.facilities_worked_at(actor)))
     patients, next_cursor = await paginate(session, statement, Patient, limit=limit, cursor=cursor)
     keys: dict[uuid.UUID, bytes] = {}
     if patients:

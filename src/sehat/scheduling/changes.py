@@ -25,7 +25,6 @@ from sehat.core.crypto import KeyRing, associated_data
 from sehat.core.errors import Conflict, NotFound, PreconditionFailed
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
-from sehat.identity.models import UserFacility
 from sehat.patients import service as patients_service
 from sehat.scheduling import policy, service, waitlist
 from sehat.scheduling.models import Appointment, AppointmentStatus
@@ -36,6 +35,7 @@ from sehat.scheduling.schemas import (
     AppointmentReschedule,
 )
 from sehat.tenancy import policy as tenancy_policy
+from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.models import Facility
 
 READ = "appointment.read"
@@ -127,8 +127,7 @@ async def list_appointments(
     if actor.audience is Audience.patient:
         statement = statement.where(Appointment.patient_id == await patients_service.own_patient_id(session, actor))
     elif not tenancy_policy.sees_every_facility(actor):
-        own_facilities = select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id)
-        statement = statement.where(Appointment.facility_id.in_(own_facilities))
+        statement = statement.where(Appointment.facility_id.in_(tenancy_service.facilities_worked_at(actor)))
     for column, wanted in (
         (Appointment.practitioner_id, query.practitioner_id),
         (Appointment.patient_id, query.patient_id),

@@ -22,7 +22,6 @@ from sehat.core.clock import utcnow
 from sehat.core.errors import Conflict, InvalidInput, NotFound
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
-from sehat.identity.models import UserFacility
 from sehat.patients import service as patients_service
 from sehat.patients.models import Patient, PatientStatus
 from sehat.scheduling import availability, policy, service
@@ -36,6 +35,7 @@ from sehat.scheduling.models import (
 )
 from sehat.scheduling.schemas import WaitlistCreate
 from sehat.tenancy import policy as tenancy_policy
+from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.models import Facility
 
 JOIN = "waitlist.join"
@@ -113,8 +113,7 @@ async def _visible_entries(session: AsyncSession, actor: Actor) -> Select[tuple[
     if actor.audience is Audience.patient:
         return statement.where(WaitlistEntry.patient_id == await patients_service.own_patient_id(session, actor))
     if not tenancy_policy.sees_every_facility(actor):
-        own_facilities = select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id)
-        return statement.where(WaitlistEntry.facility_id.in_(own_facilities))
+        return statement.where(WaitlistEntry.facility_id.in_(tenancy_service.facilities_worked_at(actor)))
     return statement
 
 

@@ -85,12 +85,15 @@ async def update_organization(
 # --- facilities (organization administrators manage; staff read their own) --------------------------------
 
 
+def facilities_worked_at(actor: Actor) -> Select[tuple[uuid.UUID]]:
+    """The ids of the facilities a staff member works at, as a subquery for ``IN``."""
+    return select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id)
+
+
 def _visible_facilities(actor: Actor) -> Select[tuple[Facility]]:
     statement = scoped_select(Facility, actor)
     if not policy.sees_every_facility(actor):
-        statement = statement.where(
-            Facility.id.in_(select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id))
-        )
+        statement = statement.where(Facility.id.in_(facilities_worked_at(actor)))
     return statement
 
 

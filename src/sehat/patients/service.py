@@ -40,7 +40,7 @@ from sehat.core.db import driver_connection, issue_counter_value
 from sehat.core.errors import Conflict, InternalError, InvalidInput, NotFound, PreconditionFailed, Problem
 from sehat.core.pagination import paginate
 from sehat.core.scoping import scoped_select
-from sehat.identity.models import User, UserFacility
+from sehat.identity.models import User
 from sehat.patients import policy
 from sehat.patients.models import (
     PATIENTS_TABLE,
@@ -304,12 +304,7 @@ async def ensure_may_open(session: AsyncSession, actor: Actor, patient: Patient)
         return False
     if policy.reads_every_facility(actor):
         return False
-    shares_facility = await session.scalar(
-        select(UserFacility.facility_id).where(
-            UserFacility.user_id == actor.user_id, UserFacility.facility_id == patient.registering_facility_id
-        )
-    )
-    if shares_facility is not None:
+    if await tenancy_service.works_at(session, actor, patient.registering_facility_id):
         return False
     if await has_emergency_access(session, actor, patient.id):
         return True

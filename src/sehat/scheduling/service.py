@@ -61,6 +61,7 @@ from sehat.scheduling.schemas import (
     WeeklyHoursCreate,
 )
 from sehat.tenancy import policy as tenancy_policy
+from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.models import Department, Facility
 
 APPOINTMENT_BOOK = "appointment.book"
@@ -452,12 +453,7 @@ async def ensure_staff_works_at(session: AsyncSession, actor: Actor, facility_id
     they do not work at is, to them, not found."""
     if actor.audience is Audience.patient or tenancy_policy.sees_every_facility(actor):
         return
-    works_there = await session.scalar(
-        select(UserFacility.facility_id).where(
-            UserFacility.user_id == actor.user_id, UserFacility.facility_id == facility_id
-        )
-    )
-    if works_there is None:
+    if not await tenancy_service.works_at(session, actor, facility_id):
         raise NotFound("Facility not found.", code="facility_not_found")
 
 
@@ -595,9 +591,7 @@ async def _booking_parties(
     ):
         raise NotFound("Patient not found.", code="patient_not_found")
     works_there = (
-        select(UserFacility.facility_id)
-        .where(UserFacility.user_id == actor.user_id, UserFacility.facility_id == request.facility_id)
-        .exists()
+        tenancy_service.facilities_worked_at(actor).where(UserFacility.facility_id == request.facility_id).exists()
     )
     statement = (
         _parties_query()

@@ -90,6 +90,12 @@ def facilities_worked_at(actor: Actor) -> Select[tuple[uuid.UUID]]:
     return select(UserFacility.facility_id).where(UserFacility.user_id == actor.user_id)
 
 
+async def works_at(session: AsyncSession, actor: Actor, facility_id: uuid.UUID) -> bool:
+    """Whether a staff member is assigned to the facility (whatever their role lets them see beyond it)."""
+    found = await session.scalar(facilities_worked_at(actor).where(UserFacility.facility_id == facility_id))
+    return found is not None
+
+
 def _visible_facilities(actor: Actor) -> Select[tuple[Facility]]:
     statement = scoped_select(Facility, actor)
     if not policy.sees_every_facility(actor):

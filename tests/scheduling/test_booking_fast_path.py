@@ -1,18 +1,22 @@
 """On PostgreSQL a front-office booking is decided by the hot path (booking_pg) without the portable path, and
 leaves exactly what the portable path leaves: the row, its history row and its audit entry; refusals it cannot
-name itself (an unknown id) still reach the portable path's precise answer."""
+name itself (an unknown id) still reach the portable path's precise answer; and the working time it keeps in
+memory never outlives a change to the schedule."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from sehat.core.audit import AuditEvent
 from sehat.scheduling import service
 from sehat.scheduling.models import Appointment, AppointmentHistory
 from tests.scheduling.conftest import Clinic, tomorrow_at
+
+SCHEDULE_TABLES = importlib.import_module("sehat.migrations.versions.0013_booking_in_one_round_trip").SCHEDULE_TABLES
 
 
 @pytest.fixture
@@ -49,3 +53,50 @@ async def test_what_the_hot_path_cannot_name_is_answered_by_the_portable_path(cl
     unknown["practitioner_id"] = "00000000-0000-4000-8000-000000000000"
     response = await clinic.book(unknown)
     assert response.status_code == 404 and response.json()["code"] == "practitioner_not_found"
+
+
+async def test_a_schedule_change_binds_the_very_next_booking(clinic: Clinic) -> None:
+    """The hot path keeps the day's working time in memory; leave, an extra session and a holiday each move the
+    schedule epoch, so the next booking decides on the changed schedule, in both directions."""
+    practitioner = clinic.practitioner_ids[0]
+    first = await clinic.book(clinic.booking(start=tomorrow_at(10)))
+    assert first.status_code == 201, first.text  # the day's working time is now in this process's memory
+    evening = await clinic.book(clinic.booking(start=tomorrow_at(20), patient=1))
+    assert evening.status_code == 409 and evening.json()["code"] == "outside_availability"
+
+    leave = {"starts": tomorrow_at(11).isoformat(), "ends": tomorrow_at(12).isoformat(), "reason": "conference"}
+    assert (
+        await clinic.post(f"/practitioners/{practitioner}/leave", leave, headers=clinic.desk.admin)
+    ).status_code == 201
+    on_leave = await clinic.book(clinic.booking(start=tomorrow_at(11), patient=1))
+    assert on_leave.status_code == 409 and on_leave.json()["code"] == "outside_availability"
+
+    extra = {
+        "facility_id": clinic.facility_id,
+        "starts": tomorrow_at(20).isoformat(),
+        "ends": tomorrow_at(22).isoformat(),
+    }
+    added = await clinic.post(f"/practitioners/{practitioner}/extra-sessions", extra, headers=clinic.desk.admin)
+    assert added.status_code == 201, added.text
+    in_the_extra_session = await clinic.book(clinic.booking(start=tomorrow_at(20), patient=1))
+    assert in_the_extra_session.status_code == 201, in_the_extra_session.text
+
+    holiday = {"facility_id": clinic.facility_id, "day": tomorrow_at(0).date().isoformat(), "name": "Iqbal Day"}
+    assert (await clinic.post("/holidays", holiday, headers=clinic.desk.admin)).status_code == 201
+    closed = await clinic.book(clinic.booking(start=tomorrow_at(15), patient=2))
+    assert closed.status_code == 409 and closed.json()["code"] == "outside_availability"
+
+
+async def test_every_table_that_decides_a_booking_moves_the_schedule_epoch(clinic: Clinic) -> None:
+    async with clinic.api.unit_of_work() as session:
+        triggered = set(
+            (
+                await session.scalars(
+                    text("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'move_schedule_epoch'")
+                )
+            ).all()
+        )
+    assert triggered == set(SCHEDULE_TABLES)
+    # Each table the working time, the type or the practitioner is read from is among them.
+    assert {"availability_rules", "availability_exceptions", "facility_holidays", "appointment_types"} <= triggered
+    assert {"practitioners", "practitioner_appointment_types", "facilities"} <= triggered

@@ -200,6 +200,13 @@ class AuditLog:
         rows: list[Any] = await driver.fetch(statement, *arguments, *values)
         return rows
 
+    def row_json(self, actor: Actor, entry: AuditEntry) -> str:
+        """The entry's stored columns as one JSON object, for a PostgreSQL function that inserts it with
+        ``json_populate_record(NULL::audit_events, ...)``: the MAC goes as bytea's hex text (``\\x...``)."""
+        values = self.values(actor, entry)
+        values["mac"] = "\\x" + values["mac"].hex()
+        return orjson.dumps(values).decode()
+
     async def record_many(self, session: AsyncSession, actor: Actor, entries: Sequence[AuditEntry]) -> None:
         """Add several entries to the session's transaction. On PostgreSQL they go in one INSERT on the
         session's own connection, without mapped objects: a hot read that returns a few patients audits each

@@ -37,6 +37,12 @@ _SET_SCOPE = text(
     f"SELECT set_config('{ORGANIZATION_SETTING}', :organization, true), set_config('{SCOPE_SETTING}', :scope, true)"
 )
 
+# The organization scope in asyncpg's syntax ($1: the organization's id as text), for a hot path working on the
+# driver connection directly.
+SET_ORGANIZATION_SCOPE = (
+    f"SELECT set_config('{ORGANIZATION_SETTING}', $1, true), set_config('{SCOPE_SETTING}', 'organization', true)"
+)
+
 
 class Scope(StrEnum):
     organization = "organization"

@@ -37,17 +37,15 @@ async def book_idempotently(
     session: AsyncSession, audit_log: AuditLog, actor: Actor, request: AppointmentCreate, key: str | None
 ) -> tuple[int, dict[str, Any]]:
     """``book`` behind an optional idempotency key: the status and body to answer. The hot path claims and
-    settles the key inside its own two statements; otherwise the key is claimed first and settled last."""
+    settles the key inside its own one statement; otherwise the key is claimed first and settled last."""
     policy.ensure_can_book(actor)
-    claimed = False
     if _is_postgresql(session):
         decided = await booking_pg.try_book(
             session, audit_log, actor, request, hold_for=None, now=utcnow(), idempotency_key=key
         )
         if decided.answer is not None:
             return 201, decided.answer
-        claimed = decided.claimed
-    if key is not None and not claimed:
+    if key is not None:
         fingerprint = service.request_fingerprint(request)
         replay = await service.claim_idempotency_key(session, actor, key, service.BOOK_ROUTE, fingerprint)
         if replay is not None:

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Time, text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Time, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sehat.core.clock import utcnow
@@ -153,6 +153,17 @@ class FacilityHoliday(IdMixin, Base):
     day: Mapped[date]
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleEpoch(Base):
+    """How many times an organization's schedule (hours, leave, holidays, practitioners, types, facilities) has
+    changed: PostgreSQL triggers move it on every such change (migration 0013), so a copy of working time read
+    at one epoch is known to be current exactly while the epoch stays the same."""
+
+    __tablename__ = "schedule_epochs"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
 
 
 class Appointment(IdMixin, Base):

@@ -22,7 +22,7 @@ from sehat.core.audit_chain import AuditChain
 from sehat.core.crypto import load_key_ring
 from sehat.core.db import Database, create_engine
 from sehat.core.errors import ServiceUnavailable
-from sehat.core.http import RequestContextMiddleware, install_problem_handlers, problem_response
+from sehat.core.http import HotRoutes, RequestContextMiddleware, install_problem_handlers, problem_response
 from sehat.core.logging import configure_logging
 from sehat.core.migrate import check_app_role, is_up_to_date
 from sehat.identity import api as identity_api
@@ -202,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    # Inside the request context (request id, body limit, headers, access log), ahead of FastAPI's routing.
+    app.add_middleware(HotRoutes, routes=scheduling_api.HOT_ROUTES)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_request_body_bytes, production=settings.is_production
     )

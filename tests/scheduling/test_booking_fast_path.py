@@ -56,11 +56,11 @@ async def test_what_the_hot_path_cannot_name_is_answered_by_the_portable_path(cl
 
 
 async def test_a_schedule_change_binds_the_very_next_booking(clinic: Clinic) -> None:
-    """The hot path keeps the day's working time in memory; leave, an extra session and a holiday each move the
+    """The hot path keeps the week's working time in memory; leave, an extra session and a holiday each move the
     schedule epoch, so the next booking decides on the changed schedule, in both directions."""
     practitioner = clinic.practitioner_ids[0]
     first = await clinic.book(clinic.booking(start=tomorrow_at(10)))
-    assert first.status_code == 201, first.text  # the day's working time is now in this process's memory
+    assert first.status_code == 201, first.text  # the week's working time is now in this process's memory
     evening = await clinic.book(clinic.booking(start=tomorrow_at(20), patient=1))
     assert evening.status_code == 409 and evening.json()["code"] == "outside_availability"
 

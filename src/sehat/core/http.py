@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -112,21 +113,27 @@ class UnitOfWorkRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def run_in_unit_of_work(request: Request) -> Response:
-            scope = request.scope
-            try:
-                response = await handler(request)
-            except Problem as problem:
-                await _finish(scope, keep=problem.keep_changes)
-                if problem.status in _DENIAL_STATUSES and scope.get(SCOPE_PROTECTED):
-                    await _audit_denial(request, self.path, problem)
-                raise
-            except BaseException:
-                await _finish(scope, keep=False)
-                raise
-            await _finish(scope, keep=response.status_code < 400)
-            return response
+            return await in_unit_of_work(request, self.path, lambda: handler(request))
 
         return run_in_unit_of_work
+
+
+async def in_unit_of_work(request: Request, route: str, respond: Callable[[], Awaitable[Response]]) -> Response:
+    """The response ``respond`` gives, after the request's transaction is committed (a 2xx or 3xx) or rolled
+    back; a refusal is re-raised after a denial of a protected resource is audited."""
+    scope = request.scope
+    try:
+        response = await respond()
+    except Problem as problem:
+        await _finish(scope, keep=problem.keep_changes)
+        if problem.status in _DENIAL_STATUSES and scope.get(SCOPE_PROTECTED):
+            await _audit_denial(request, route, problem)
+        raise
+    except BaseException:
+        await _finish(scope, keep=False)
+        raise
+    await _finish(scope, keep=response.status_code < 400)
+    return response
 
 
 async def _audit_denial(request: Request, route: str, problem: Problem) -> None:
@@ -229,6 +236,98 @@ def install_problem_handlers(app: Any) -> None:
     app.add_exception_handler(OperationalError, _on_unavailable)
     app.add_exception_handler(ConnectionError, _on_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    """A route a domain serves on its own, ahead of FastAPI's routing and dependency injection, for requests
+    that are by far the most frequent (booking). ``serve`` answers a request or returns False without having
+    read its body or answered, and then the FastAPI route of the same method and path (which stays the
+    documented, tested route) answers it, so that every irregular request (a missing token, a malformed body,
+    an unexpected header) still gets the framework's own answer."""
+
+    method: str
+    path: str
+    serve: Callable[[Request, Send], Awaitable[bool]]
+
+
+class HotRoutes:
+    """Middleware that hands the requests of its ``HotRoute``s to them; everything else passes straight on."""
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[HotRoute]) -> None:
+        self.app = app
+        self.routes = {(route.method, route.path): route for route in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        # The access log and a denial's audit entry name the route by its template, as for any route.
+        scope["route"] = route
+        replay = _BodyReplay(receive)
+        request = Request(scope, replay.receive)
+        if not await route.serve(request, send):
+            replay.rewind()
+            await self.app(scope, replay.receive, send)
+
+
+class _BodyReplay:
+    """``receive`` that, once a hot route has read the body and declined the request, gives the body again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._read: list[Message] = []
+        self._replaying = False
+
+    async def receive(self) -> Message:
+        if self._replaying:
+            if self._read:
+                return self._read.pop(0)
+            return await self._receive()
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._read.append(message)
+        return message
+
+    def rewind(self) -> None:
+        self._replaying = True
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as FastAPI's ``HTTPBearer`` reads it."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def serve_json(
+    request: Request, send: Send, route: str, respond: Callable[[AsyncSession], Awaitable[tuple[int, Any]]]
+) -> None:
+    """Answer a hot route's request with the status and JSON ``respond`` gives, within the request's unit of
+    work (``in_unit_of_work``): a ``Problem`` as problem+json, any other error as the app's exception handlers
+    render it."""
+
+    async def answer() -> Response:
+        status_code, content = await respond(await get_session(request))
+        return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+    try:
+        response = await in_unit_of_work(request, route, answer)
+    except Exception as exc:
+        handler = _exception_handler(request, exc)
+        if handler is None:
+            raise
+        response = await handler(request, exc)
+    await response(request.scope, request.receive, send)
+
+
+def _exception_handler(request: Request, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    handlers = request.app.exception_handlers
+    for kind in type(exc).__mro__:
+        if kind in handlers:
+            handler: Callable[[Request, Exception], Awaitable[Response]] = handlers[kind]
+            return handler
+    return None
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
@@ -9,12 +10,25 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Send
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
 from sehat.core.crypto import KeyRing
-from sehat.core.http import IfMatch, api_router, expected_version, get_audit_log, get_key_ring, get_session
+from sehat.core.errors import Problem
+from sehat.core.http import (
+    HotRoute,
+    IfMatch,
+    api_router,
+    bearer_token,
+    expected_version,
+    get_audit_log,
+    get_key_ring,
+    get_session,
+    serve_json,
+)
 from sehat.core.pagination import MAX_PAGE_SIZE, Page
 from sehat.identity.deps import require
 from sehat.identity.permissions import (
@@ -52,13 +66,16 @@ from sehat.scheduling.schemas import (
     WeeklyHoursRead,
 )
 
-router = api_router(prefix="/api/v1", tags=["scheduling"])
+API_PREFIX = "/api/v1"
+BOOKING_PATH = f"{API_PREFIX}/appointments"
+router = api_router(prefix=API_PREFIX, tags=["scheduling"])
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 BOTH = (Audience.staff, Audience.patient)
 Manager = Annotated[Actor, Depends(require(SCHEDULE_MANAGE))]
 ScheduleReader = Annotated[Actor, Depends(require(SCHEDULE_READ, audiences=BOTH))]
-Booker = Annotated[Actor, Depends(require(APPOINTMENT_BOOK, audiences=BOTH))]
+_booking_guard = require(APPOINTMENT_BOOK, audiences=BOTH)
+Booker = Annotated[Actor, Depends(_booking_guard)]
 AppointmentReader = Annotated[Actor, Depends(require(APPOINTMENT_READ, audiences=BOTH))]
 AppointmentChanger = Annotated[Actor, Depends(require(APPOINTMENT_CHANGE, audiences=BOTH))]
 AppointmentManager = Annotated[Actor, Depends(require(APPOINTMENT_MANAGE))]
@@ -151,7 +168,7 @@ async def list_appointment_types(actor: ScheduleReader, session: Session) -> lis
     return [AppointmentTypeRead.model_validate(t) for t in await service.list_appointment_types(session, actor)]
 
 
-@router.post("/appointments", response_model=AppointmentRead, status_code=status.HTTP_201_CREATED)
+@router.post(BOOKING_PATH.removeprefix(API_PREFIX), response_model=AppointmentRead, status_code=status.HTTP_201_CREATED)
 async def book_appointment(
     body: AppointmentCreate,
     actor: Booker,
@@ -163,6 +180,38 @@ async def book_appointment(
     `Idempotency-Key`, a retry of the same body gets the first answer again."""
     status_code, content = await booking.book_idempotently(session, audit, actor, body, idempotency_key)
     return JSONResponse(content, status_code=status_code)
+
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")  # IdempotencyKey's own rule
+
+
+async def _serve_booking(request: Request, send: Send) -> bool:
+    """``book_appointment`` without FastAPI's routing and dependency injection, for the request a busy network
+    sends most: the same guard, body model and service call. Anything irregular (no bearer token, a refused
+    token, a body that is not a valid ``AppointmentCreate`` in JSON, a malformed key) is left to the route."""
+    token = bearer_token(request)
+    key = request.headers.get("idempotency-key")
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if token is None or content_type != "application/json" or (key is not None and not _IDEMPOTENCY_KEY.match(key)):
+        return False
+    try:
+        actor = await _booking_guard.authenticate(request, token)
+    except Problem:
+        return False  # the route refuses it again, and audits the refusal
+    try:
+        body = AppointmentCreate.model_validate_json(await request.body())
+    except ValidationError:
+        return False
+    audit: AuditLog = request.app.state.audit
+
+    async def respond(session: AsyncSession) -> tuple[int, Any]:
+        return await booking.book_idempotently(session, audit, actor, body, key)
+
+    await serve_json(request, send, BOOKING_PATH, respond)
+    return True
+
+
+HOT_ROUTES = (HotRoute("POST", BOOKING_PATH, _serve_booking),)
 
 
 @router.get("/slots", response_model=list[SlotRead])

@@ -4,13 +4,13 @@ once the practitioner's working time around the day is known to this process (DE
 1. Working time, the type's duration and whether the practitioner offers it come from a copy kept in memory,
    tagged with the organization's schedule epoch it was read at (migration 0013: triggers move the epoch on
    every change to hours, leave, holidays, practitioners, types and facilities). A copy is read, in one
-   statement inside a scoped transaction, the first time a practitioner's day is booked here.
+   statement inside a scoped transaction, the first time a practitioner's week is booked here.
 2. Placement is decided in Python (``service.check_placement``, the portable path's own function).
-3. One call of ``sehat_book_appointment``, outside an explicit transaction (the statement is its own), sets the
-   tenant scope, claims the idempotency key, takes the ordered advisory locks, checks that the epoch is still
-   the copy's (else the copy is read again and the booking retried), checks the patient and the desk's
-   facility, expires holds that ran out, and inserts the appointment, its history row and its audit entry,
-   then settles the key. The exclusion constraints refuse an overlap right there; the statement's
+3. One call of ``sehat_book_appointment``, outside an explicit transaction (the statement is its own), sets
+   the tenant scope, claims the idempotency key (with the answer), takes the ordered advisory locks, checks
+   that the epoch is still the copy's (else the copy is read again and the booking retried), checks the
+   patient and the desk's facility, expires holds that ran out, and inserts the appointment, its history row
+   and its audit entry. The exclusion constraints refuse an overlap right there; the statement's
    transaction, claim included, then rolls back and the request answers 409.
 
 Anything the hot path cannot name exactly (a missing or foreign id, an inactive patient, a type not offered, a
@@ -42,7 +42,7 @@ from sehat.scheduling.schemas import AppointmentCreate
 from sehat.tenancy import policy as tenancy_policy
 from sehat.tenancy.models import Facility
 
-# $1 organization, $2 practitioner, $3 facility, $4 type, $5/$6 the window, $7/$8 its days. One statement, so
+# $1 organization, $2 practitioner, $3 facility, $4 type, $5/$6 the window (a key), $7/$8 its days. One statement, so
 # the epoch and everything it vouches for come from one snapshot. Placeholders only are formatted in.
 _SCHEDULE = f"""
 SELECT
@@ -61,8 +61,11 @@ LEFT JOIN facilities f ON f.id = $3 AND f.organization_id = $1
 _BOOK = "SELECT sehat_book_appointment(" + ", ".join(f"${number}" for number in range(1, 22)) + ")"
 _STALE = "SH001"
 _HAND_OVER = "SH002"
-# Copies of working time kept per process; each is a few intervals, and the oldest unused go first.
+# Copies of working time kept per process; each is a week's intervals, and the oldest unused go first.
 _CACHED_SCHEDULES = 4_096
+# Where the weeks a copy covers start: any fixed day does; every process must use the same one only so that
+# their copies cover the same weeks.
+_WEEKS_FROM = datetime(2000, 1, 3, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ async def try_book(
             schedule = _schedules.get(key)
             fresh = schedule is None
             if schedule is None:
-                schedule = await _read_schedule(driver, organization_id, request, key, window)
+                schedule = await _read_schedule(driver, key)
             if not schedule.bookable:
                 return Decision(None)
             end = start + schedule.duration
@@ -174,10 +177,12 @@ async def try_book(
 
 
 def _window_around(start: datetime) -> availability.Interval:
-    """The window a copy covers: a day either side of the UTC day ``start`` falls on (``service.schedule_window``
-    of that day), so that every booking that day shares one copy."""
+    """The window a copy covers: a day either side of the week of UTC days ``start`` falls in
+    (``service.schedule_window`` of that week), so that a desk booking its way through a practitioner's week
+    reads the schedule once, not once a day."""
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    return service.schedule_window(day, day + timedelta(days=1))
+    first = day - timedelta(days=(day - _WEEKS_FROM).days % 7)
+    return service.schedule_window(first, first + timedelta(days=7))
 
 
 @contextlib.asynccontextmanager
@@ -189,39 +194,30 @@ async def _connection_outside_transactions(engine: AsyncEngine) -> AsyncIterator
         yield pooled.driver_connection
 
 
-async def _read_schedule(
-    driver: Any,
-    organization_id: uuid.UUID,
-    request: AppointmentCreate,
-    key: _ScheduleKey,
-    window: availability.Interval,
-) -> _Schedule:
+async def _read_schedule(driver: Any, key: _ScheduleKey) -> _Schedule:
+    """The copy ``key`` names, read in one statement in a scoped transaction, and kept."""
+    organization_id, _, facility_id, _, window_start, window_end = key
     async with driver.transaction():
         await driver.execute(SET_ORGANIZATION_SCOPE, str(organization_id))
         row = await driver.fetchrow(
             _SCHEDULE,
-            organization_id,
-            request.practitioner_id,
-            request.facility_id,
-            request.appointment_type_id,
-            window.start,
-            window.end,
-            (window.start - timedelta(days=1)).date(),
-            (window.end + timedelta(days=1)).date(),
+            *key,
+            (window_start - timedelta(days=1)).date(),
+            (window_end + timedelta(days=1)).date(),
         )
     bookable = bool(
         row["timezone"] is not None and row["practitioner_active"] and row["duration"] is not None and row["offered"]
     )
     working = None
     if bookable:
-        facility = Facility(id=request.facility_id, organization_id=organization_id, timezone=row["timezone"])
+        facility = Facility(id=facility_id, organization_id=organization_id, timezone=row["timezone"])
         working = service.assemble_working_time(
             schedule_pg.hours(row["rules"]),
             schedule_pg.exceptions(row["exceptions"]),
             [availability.local_day(facility.timezone, day) for day in row["holidays"]],
             facility,
-            window.start,
-            window.end,
+            window_start,
+            window_end,
         )
     copy = _Schedule(
         epoch=row["epoch"],

@@ -7,11 +7,12 @@ booking moves on, and, on PostgreSQL, the booking's write as one function call.
   it exactly as long as the epoch it was read at is still the current one.
 - ``sehat_book_appointment``: the write of a booking decided from such a copy, in one statement run outside an
   explicit transaction (the statement is its own transaction). In order: set the tenant scope (transaction-local,
-  as ``core.tenant_scope`` does), claim the idempotency key, take the ordered advisory locks, check the epoch,
-  the patient and the desk's facility, expire holds that ran out around the time, insert the appointment, its
-  history row and its audit entry, settle the key. Whatever it cannot decide it refuses with SQLSTATE SH001
-  (the copy is stale) or SH002 (hand over to the portable path), and the statement's transaction, claim
-  included, rolls back. The exclusion constraints remain the guarantee against double booking.
+  as ``core.tenant_scope`` does); claim the idempotency key, the answer already in the claim (a booking that
+  fails rolls its claim back with it); take the ordered advisory locks; check the epoch, the patient and the
+  desk's facility; expire holds that ran out around the time; insert the appointment, its history row and its
+  audit entry. Whatever it cannot decide it refuses with SQLSTATE SH001 (the copy is stale) or SH002 (hand over
+  to the portable path), and the statement's transaction, claim included, rolls back. The exclusion
+  constraints remain the guarantee against double booking.
 
 Revision ID: 0013
 Revises: 0012
@@ -66,30 +67,34 @@ CREATE FUNCTION sehat_book_appointment(
   p_history uuid, p_audit json
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
-  lock_key bigint;
+  current boolean;
+  answerable boolean;
 BEGIN
   PERFORM set_config('sehat.organization_id', p_organization::text, true),
           set_config('sehat.scope', 'organization', true);
   IF p_key IS NOT NULL THEN
+    -- The claim already holds the answer: the statement is one transaction, so a booking that fails leaves
+    -- no claim, and a request with the same key waits on this row until the booking commits or fails.
     INSERT INTO idempotency_records (organization_id, user_id, key, route, request_hash, status_code, response,
                                      created_at)
-    VALUES (p_organization, p_user, p_key, p_route, p_request_hash, 0, '{}'::json, p_now)
+    VALUES (p_organization, p_user, p_key, p_route, p_request_hash, 201, p_answer::json, p_now)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
       RETURN 'key_used';  -- replayed or refused by the portable path
     END IF;
   END IF;
   -- After the claim, before touching any row, in one global order: the portable path's order too.
-  FOR lock_key IN SELECT k FROM unnest(p_locks) AS k ORDER BY k LOOP
-    PERFORM pg_advisory_xact_lock(lock_key);
-  END LOOP;
-  IF (SELECT epoch FROM schedule_epochs WHERE organization_id = p_organization) IS DISTINCT FROM p_epoch THEN
+  PERFORM count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(p_locks) AS k ORDER BY 1) AS ordered;
+  SELECT coalesce((SELECT epoch FROM schedule_epochs WHERE organization_id = p_organization), 0) = p_epoch,
+         EXISTS (SELECT 1 FROM patients WHERE id = p_patient AND organization_id = p_organization
+                 AND status = 'active')
+         AND (p_sees_every_facility OR EXISTS (SELECT 1 FROM user_facilities
+                                               WHERE user_id = p_user AND facility_id = p_facility))
+    INTO current, answerable;
+  IF NOT current THEN
     RAISE EXCEPTION USING ERRCODE = 'SH001', MESSAGE = 'the schedule changed since it was read';
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM patients WHERE id = p_patient AND organization_id = p_organization
-                 AND status = 'active')
-     OR NOT (p_sees_every_facility OR EXISTS (SELECT 1 FROM user_facilities
-                                              WHERE user_id = p_user AND facility_id = p_facility)) THEN
+  IF NOT answerable THEN
     RAISE EXCEPTION USING ERRCODE = 'SH002', MESSAGE = 'the portable path answers this booking';
   END IF;
   UPDATE appointments SET status = 'expired', updated_at = p_now
@@ -109,10 +114,6 @@ BEGIN
   SELECT event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type,
          resource_id, patient_id, outcome, client_address, request_id, details, mac_kid, mac
   FROM json_populate_record(NULL::audit_events, p_audit);
-  IF p_key IS NOT NULL THEN
-    UPDATE idempotency_records SET status_code = 201, response = p_answer::json
-    WHERE organization_id = p_organization AND user_id = p_user AND key = p_key;
-  END IF;
   RETURN 'booked';
 END $$
 """

@@ -731,6 +731,8 @@ async def occupy(
     await _guarded_write(session, apply, is_postgresql=is_postgresql)
 
 
+# Every booking takes two of these; the same practitioners and patients come back all day.
+@functools.lru_cache(maxsize=65_536)
 def lock_key(kind: str, value: uuid.UUID) -> int:
     return int.from_bytes(hashlib.sha256(f"sehat/booking/{kind}/{value}".encode()).digest()[:8], "big", signed=True)
 

@@ -97,23 +97,33 @@ BEGIN
   IF NOT answerable THEN
     RAISE EXCEPTION USING ERRCODE = 'SH002', MESSAGE = 'the portable path answers this booking';
   END IF;
-  UPDATE appointments SET status = 'expired', updated_at = p_now
-  WHERE organization_id = p_organization AND status = 'held' AND hold_expires_at <= p_now
-    AND (practitioner_id = p_practitioner OR patient_id = p_patient) AND start_at < p_end + interval '1 day'
-    AND end_at > p_start - interval '1 day';
-  INSERT INTO appointments (id, organization_id, facility_id, practitioner_id, patient_id, appointment_type_id,
-                            start_at, end_at, status, hold_expires_at, version, created_at, updated_at)
-  VALUES (p_id, p_organization, p_facility, p_practitioner, p_patient, p_type, p_start, p_end, p_status,
-          p_hold_expires, 1, p_now, p_now);
-  INSERT INTO appointment_history (id, organization_id, appointment_id, at, actor_id, from_status, to_status,
-                                   start_at, end_at)
-  VALUES (p_history, p_organization, p_id, p_now, p_user, NULL, p_status, p_start, p_end);
+  -- One statement, so that the hold expiry and the three rows cost one executor start, not four.
+  WITH expired AS (
+    UPDATE appointments SET status = 'expired', updated_at = p_now
+    WHERE organization_id = p_organization AND status = 'held' AND hold_expires_at <= p_now
+      AND (practitioner_id = p_practitioner OR patient_id = p_patient) AND start_at < p_end + interval '1 day'
+      AND end_at > p_start - interval '1 day'
+    RETURNING 1
+  ), booked AS (
+    INSERT INTO appointments (id, organization_id, facility_id, practitioner_id, patient_id, appointment_type_id,
+                              start_at, end_at, status, hold_expires_at, version, created_at, updated_at)
+    -- After the expiry: a hold that ran out must not stand in the way of this row's exclusion check.
+    SELECT p_id, p_organization, p_facility, p_practitioner, p_patient, p_type, p_start, p_end, p_status,
+           p_hold_expires, 1, p_now, p_now
+    WHERE (SELECT count(*) FROM expired) >= 0
+    RETURNING id
+  ), history AS (
+    INSERT INTO appointment_history (id, organization_id, appointment_id, at, actor_id, from_status, to_status,
+                                     start_at, end_at)
+    SELECT p_history, p_organization, id, p_now, p_user, NULL, p_status, p_start, p_end FROM booked
+  )
   INSERT INTO audit_events (event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action,
                             resource_type, resource_id, patient_id, outcome, client_address, request_id, details,
                             mac_kid, mac)
   SELECT event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type,
          resource_id, patient_id, outcome, client_address, request_id, details, mac_kid, mac
-  FROM json_populate_record(NULL::audit_events, p_audit);
+  FROM json_populate_record(NULL::audit_events, p_audit)
+  WHERE EXISTS (SELECT 1 FROM booked);
   RETURN 'booked';
 END $$
 """

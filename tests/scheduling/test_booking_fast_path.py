@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from sehat.core.audit import AuditEvent
+from sehat.core.audit_chain import AuditChain
 from sehat.scheduling import service
 from sehat.scheduling.models import Appointment, AppointmentHistory
 from tests.scheduling.conftest import Clinic, tomorrow_at
@@ -100,3 +101,26 @@ async def test_every_table_that_decides_a_booking_moves_the_schedule_epoch(clini
     # Each table the working time, the type or the practitioner is read from is among them.
     assert {"availability_rules", "availability_exceptions", "facility_holidays", "appointment_types"} <= triggered
     assert {"practitioners", "practitioner_appointment_types", "facilities"} <= triggered
+
+
+async def test_the_hot_paths_audit_entries_seal_and_verify(clinic: Clinic) -> None:
+    """The booking statement inserts its audit entry from JSON; the entry must read back byte for byte as the
+    MAC was computed, or the tamper-evident log would report every booking as tampered."""
+    booked = await clinic.book(clinic.booking(start=tomorrow_at(10)), **{"Idempotency-Key": "sealed-0001"})
+    held = await clinic.post("/slot-holds", clinic.booking(start=tomorrow_at(11), patient=1))
+    assert booked.status_code == held.status_code == 201, (booked.text, held.text)
+    # A sealer of its own that waits for no settling time, as the audit log's own tests build one.
+    running = clinic.api.app.state.audit_chain
+    chain = AuditChain(clinic.api.auth.key_ring, running.checkpoint_file, 0)
+    assert await chain.seal(clinic.api.database) >= 2
+    report = await chain.verify(clinic.api.database)
+    assert report.ok, report.findings
+    async with clinic.api.unit_of_work() as session:
+        actions = (
+            await session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.resource_id.in_([booked.json()["id"], held.json()["id"]]))
+                .order_by(AuditEvent.id)
+            )
+        ).all()
+    assert actions == ["appointment.book", "appointment.hold"]

@@ -6,13 +6,15 @@ memory never outlives a change to the schedule."""
 from __future__ import annotations
 
 import importlib
+import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text, update
 
 from sehat.core.audit import AuditEvent
 from sehat.core.audit_chain import AuditChain
+from sehat.patients.models import Patient
 from sehat.scheduling import service
 from sehat.scheduling.models import Appointment, AppointmentHistory
 from tests.scheduling.conftest import Clinic, tomorrow_at
@@ -124,3 +126,26 @@ async def test_the_hot_paths_audit_entries_seal_and_verify(clinic: Clinic) -> No
             )
         ).all()
     assert actions == ["appointment.book", "appointment.hold"]
+
+
+async def test_a_patient_the_hot_path_cannot_book_is_answered_by_the_portable_path_and_leaves_no_claim(
+    clinic: Clinic,
+) -> None:
+    """The booking statement refuses a patient who is not active (it hands over, its transaction and its claim
+    of the key rolled back); the portable path names the reason, and the key stays free for a later try."""
+    warm = await clinic.book(clinic.booking(start=tomorrow_at(9), patient=1))
+    assert warm.status_code == 201  # the week's working time is in memory: the next booking reaches the statement
+    patient_id = uuid.UUID(clinic.patient_ids[0])
+    async with clinic.api.unit_of_work() as session:
+        await session.execute(update(Patient).where(Patient.id == patient_id).values(status="deceased"))
+    body = clinic.booking(start=tomorrow_at(10))
+    refused = await clinic.book(body, **{"Idempotency-Key": "handover-0001"})
+    assert refused.status_code == 409 and refused.json()["code"] == "patient_deceased"
+    async with clinic.api.unit_of_work() as session:
+        await session.execute(update(Patient).where(Patient.id == patient_id).values(status="active"))
+        booked_for_them = await session.scalar(
+            select(func.count()).select_from(Appointment).where(Appointment.patient_id == patient_id)
+        )
+    assert booked_for_them == 0
+    later = await clinic.book(body, **{"Idempotency-Key": "handover-0001"})
+    assert later.status_code == 201, later.text

@@ -67,42 +67,45 @@ CREATE FUNCTION sehat_book_appointment(
   p_history uuid, p_audit json
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
-  current boolean;
-  answerable boolean;
+  v_claimed boolean;
+  v_current boolean;
+  v_answerable boolean;
 BEGIN
   PERFORM set_config('sehat.organization_id', p_organization::text, true),
           set_config('sehat.scope', 'organization', true);
-  IF p_key IS NOT NULL THEN
-    -- The claim already holds the answer: the statement is one transaction, so a booking that fails leaves
-    -- no claim, and a request with the same key waits on this row until the booking commits or fails.
+  -- The claim already holds the answer: the statement is one transaction, so a booking that fails leaves no
+  -- claim, and a request with the same key waits on this row until the booking commits or fails. Then the
+  -- advisory locks, after the claim, in one global order: the portable path's order too.
+  WITH claim AS (
     INSERT INTO idempotency_records (organization_id, user_id, key, route, request_hash, status_code, response,
                                      created_at)
-    VALUES (p_organization, p_user, p_key, p_route, p_request_hash, 201, p_answer::json, p_now)
-    ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-      RETURN 'key_used';  -- replayed or refused by the portable path
-    END IF;
+    SELECT p_organization, p_user, p_key, p_route, p_request_hash, 201, p_answer::json, p_now
+    WHERE p_key IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+  )
+  SELECT p_key IS NULL OR EXISTS (SELECT 1 FROM claim)
+  FROM (SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(p_locks) AS k ORDER BY 1) AS ordered
+        WHERE (SELECT count(*) FROM claim) >= 0) AS locked
+  INTO v_claimed;
+  IF NOT v_claimed THEN
+    RETURN 'key_used';  -- replayed or refused by the portable path
   END IF;
-  -- After the claim, before touching any row, in one global order: the portable path's order too.
-  PERFORM count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(p_locks) AS k ORDER BY 1) AS ordered;
-  SELECT coalesce((SELECT epoch FROM schedule_epochs WHERE organization_id = p_organization), 0) = p_epoch,
-         EXISTS (SELECT 1 FROM patients WHERE id = p_patient AND organization_id = p_organization
-                 AND status = 'active')
-         AND (p_sees_every_facility OR EXISTS (SELECT 1 FROM user_facilities
-                                               WHERE user_id = p_user AND facility_id = p_facility))
-    INTO current, answerable;
-  IF NOT current THEN
-    RAISE EXCEPTION USING ERRCODE = 'SH001', MESSAGE = 'the schedule changed since it was read';
-  END IF;
-  IF NOT answerable THEN
-    RAISE EXCEPTION USING ERRCODE = 'SH002', MESSAGE = 'the portable path answers this booking';
-  END IF;
-  -- One statement, so that the hold expiry and the three rows cost one executor start, not four.
-  WITH expired AS (
+  -- One statement (a fresh snapshot, taken after the locks): the checks, the hold expiry and the three rows
+  -- cost one executor start, and nothing is written unless the checks pass.
+  WITH checked AS (
+    SELECT coalesce((SELECT epoch FROM schedule_epochs WHERE organization_id = p_organization), 0) = p_epoch
+             AS current,
+           EXISTS (SELECT 1 FROM patients WHERE id = p_patient AND organization_id = p_organization
+                   AND status = 'active')
+           AND (p_sees_every_facility OR EXISTS (SELECT 1 FROM user_facilities
+                                                 WHERE user_id = p_user AND facility_id = p_facility))
+             AS answerable
+  ), expired AS (
     UPDATE appointments SET status = 'expired', updated_at = p_now
     WHERE organization_id = p_organization AND status = 'held' AND hold_expires_at <= p_now
       AND (practitioner_id = p_practitioner OR patient_id = p_patient) AND start_at < p_end + interval '1 day'
-      AND end_at > p_start - interval '1 day'
+      AND end_at > p_start - interval '1 day' AND (SELECT current AND answerable FROM checked)
     RETURNING 1
   ), booked AS (
     INSERT INTO appointments (id, organization_id, facility_id, practitioner_id, patient_id, appointment_type_id,
@@ -110,20 +113,29 @@ BEGIN
     -- After the expiry: a hold that ran out must not stand in the way of this row's exclusion check.
     SELECT p_id, p_organization, p_facility, p_practitioner, p_patient, p_type, p_start, p_end, p_status,
            p_hold_expires, 1, p_now, p_now
-    WHERE (SELECT count(*) FROM expired) >= 0
+    FROM checked
+    WHERE current AND answerable AND (SELECT count(*) FROM expired) >= 0
     RETURNING id
   ), history AS (
     INSERT INTO appointment_history (id, organization_id, appointment_id, at, actor_id, from_status, to_status,
                                      start_at, end_at)
     SELECT p_history, p_organization, id, p_now, p_user, NULL, p_status, p_start, p_end FROM booked
+  ), audited AS (
+    INSERT INTO audit_events (event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action,
+                              resource_type, resource_id, patient_id, outcome, client_address, request_id,
+                              details, mac_kid, mac)
+    SELECT event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type,
+           resource_id, patient_id, outcome, client_address, request_id, details, mac_kid, mac
+    FROM json_populate_record(NULL::audit_events, p_audit)
+    WHERE EXISTS (SELECT 1 FROM booked)
   )
-  INSERT INTO audit_events (event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action,
-                            resource_type, resource_id, patient_id, outcome, client_address, request_id, details,
-                            mac_kid, mac)
-  SELECT event_uuid, occurred_at, organization_id, actor_type, actor_id, actor_roles, action, resource_type,
-         resource_id, patient_id, outcome, client_address, request_id, details, mac_kid, mac
-  FROM json_populate_record(NULL::audit_events, p_audit)
-  WHERE EXISTS (SELECT 1 FROM booked);
+  SELECT checked.current, checked.answerable FROM checked INTO v_current, v_answerable;
+  IF NOT v_current THEN
+    RAISE EXCEPTION USING ERRCODE = 'SH001', MESSAGE = 'the schedule changed since it was read';
+  END IF;
+  IF NOT v_answerable THEN
+    RAISE EXCEPTION USING ERRCODE = 'SH002', MESSAGE = 'the portable path answers this booking';
+  END IF;
   RETURN 'booked';
 END $$
 """

@@ -37,7 +37,7 @@ from sehat.core.audit import AuditLog
 from sehat.core.errors import Conflict, InvalidInput
 from sehat.core.tenant_scope import SET_ORGANIZATION_SCOPE
 from sehat.scheduling import availability, schedule_pg, service
-from sehat.scheduling.models import Appointment, AppointmentStatus
+from sehat.scheduling.models import Appointment
 from sehat.scheduling.schemas import AppointmentCreate
 from sehat.tenancy import policy as tenancy_policy
 from sehat.tenancy.models import Facility
@@ -242,20 +242,15 @@ async def _write(
 ) -> Decision:
     organization_id = actor.organization_id
     assert organization_id is not None
-    appointment = Appointment(
-        id=uuid.uuid4(),
-        organization_id=organization_id,
-        facility_id=request.facility_id,
-        practitioner_id=request.practitioner_id,
-        patient_id=request.patient_id,
-        appointment_type_id=request.appointment_type_id,
-        start_at=placed.start,
-        end_at=placed.end,
-        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
-        hold_expires_at=now + hold_for if hold_for else None,
-        version=1,
-        created_at=now,
-        updated_at=now,
+    appointment = service.new_appointment(
+        organization_id,
+        request.facility_id,
+        request.practitioner_id,
+        request.patient_id,
+        request.appointment_type_id,
+        placed,
+        now=now,
+        hold_for=hold_for,
     )
     entry = service.transition_entry(appointment, service.APPOINTMENT_HOLD if hold_for else service.APPOINTMENT_BOOK)
     answer = service.present(appointment).model_dump(mode="json")

@@ -662,19 +662,15 @@ async def take_time(
 ) -> Appointment:
     """Insert a booking (or, with ``hold_for``, a hold) of a time already checked against the schedule, or
     refuse with 409 and write nothing."""
-    appointment = Appointment(
-        id=uuid.uuid4(),
-        organization_id=facility.organization_id,
-        facility_id=facility.id,
-        practitioner_id=practitioner_id,
-        patient_id=patient_id,
-        appointment_type_id=appointment_type_id,
-        start_at=time.start,
-        end_at=time.end,
-        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
-        hold_expires_at=now + hold_for if hold_for else None,
-        created_at=now,
-        updated_at=now,
+    appointment = new_appointment(
+        facility.organization_id,
+        facility.id,
+        practitioner_id,
+        patient_id,
+        appointment_type_id,
+        time,
+        now=now,
+        hold_for=hold_for,
     )
     claim = Claim(appointment.id, facility.organization_id, practitioner_id, patient_id, time.start, time.end)
     await occupy(session, claim, buffer=buffer, now=now, apply=lambda: session.add(appointment))
@@ -682,6 +678,35 @@ async def take_time(
     record_transition(session, audit_log, actor, appointment, None, action, now, details)
     await session.flush()
     return appointment
+
+
+def new_appointment(
+    organization_id: uuid.UUID,
+    facility_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    patient_id: uuid.UUID,
+    appointment_type_id: uuid.UUID,
+    time: availability.Interval,
+    *,
+    now: datetime,
+    hold_for: timedelta | None,
+) -> Appointment:
+    """A booking (or, with ``hold_for``, a hold) of ``time``, not yet written: both booking paths build it here."""
+    return Appointment(
+        id=uuid.uuid4(),
+        organization_id=organization_id,
+        facility_id=facility_id,
+        practitioner_id=practitioner_id,
+        patient_id=patient_id,
+        appointment_type_id=appointment_type_id,
+        start_at=time.start,
+        end_at=time.end,
+        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
+        hold_expires_at=now + hold_for if hold_for else None,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 @dataclass(frozen=True)

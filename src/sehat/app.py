@@ -199,6 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /docs is served by sehat.web.pages from local Swagger UI files (FastAPI's own loads a CDN).
         docs_url=None,
         redoc_url=None,
+        # sehat configures no OpenTelemetry provider; left on, FastAPI looks for one on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_problem_handlers(app)

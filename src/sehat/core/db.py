@@ -11,6 +11,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -178,6 +179,23 @@ class Database:
 
 def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
     session.info.setdefault(AFTER_COMMIT_KEY, []).append(callback)
+
+
+@dataclass(frozen=True)
+class SessionOnDemand:
+    """A unit of work's session, opened only when ``open`` is awaited, and the engine it would use, known without
+    opening it: for a hot path that usually finishes on a pooled driver connection and then never needs the
+    session (building one, with its tenant scope, was about 6 % of a booking's time in the server)."""
+
+    engine: AsyncEngine
+    open: Callable[[], Awaitable[AsyncSession]]
+
+    @classmethod
+    def already_open(cls, session: AsyncSession) -> SessionOnDemand:
+        async def opened() -> AsyncSession:
+            return session
+
+        return cls(session.bind, opened)  # type: ignore[arg-type]
 
 
 async def finish(session: AsyncSession, *, keep: bool) -> None:

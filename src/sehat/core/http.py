@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sehat.core.actor import SystemActor
 from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.crypto import KeyRing
-from sehat.core.db import finish
+from sehat.core.db import SessionOnDemand, finish
 from sehat.core.errors import (
     Conflict,
     InternalError,
@@ -301,14 +301,15 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def serve_json(
-    request: Request, send: Send, route: str, respond: Callable[[AsyncSession], Awaitable[tuple[int, Any]]]
+    request: Request, send: Send, route: str, respond: Callable[[SessionOnDemand], Awaitable[tuple[int, Any]]]
 ) -> None:
     """Answer a hot route's request with the status and JSON ``respond`` gives, within the request's unit of
-    work (``in_unit_of_work``): a ``Problem`` as problem+json, any other error as the app's exception handlers
-    render it."""
+    work (``in_unit_of_work``, whose session is opened only if ``respond`` asks for it): a ``Problem`` as
+    problem+json, any other error as the app's exception handlers render it."""
+    sessions = SessionOnDemand(request.app.state.database.engine, lambda: get_session(request))
 
     async def answer() -> Response:
-        status_code, content = await respond(await get_session(request))
+        status_code, content = await respond(sessions)
         return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
     try:

@@ -17,6 +17,7 @@ from starlette.types import Send
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
 from sehat.core.crypto import KeyRing
+from sehat.core.db import SessionOnDemand
 from sehat.core.errors import Problem
 from sehat.core.http import (
     HotRoute,
@@ -186,7 +187,9 @@ async def book_appointment(
 ) -> JSONResponse:
     """Book, or 409 with a code (`slot_taken`, `patient_busy`, `outside_availability`, `in_the_past`). With an
     `Idempotency-Key`, a retry of the same body gets the first answer again."""
-    status_code, content = await booking.book_idempotently(session, audit, actor, body, idempotency_key)
+    status_code, content = await booking.book_idempotently(
+        SessionOnDemand.already_open(session), audit, actor, body, idempotency_key
+    )
     return JSONResponse(content, status_code=status_code)
 
 
@@ -214,8 +217,8 @@ async def _serve_booking(request: Request, send: Send) -> bool:
         return False
     audit: AuditLog = request.app.state.audit
 
-    async def respond(session: AsyncSession) -> tuple[int, Any]:
-        return await booking.book_idempotently(session, audit, actor, body, key)
+    async def respond(sessions: SessionOnDemand) -> tuple[int, Any]:
+        return await booking.book_idempotently(sessions, audit, actor, body, key)
 
     await serve_json(request, send, BOOKING_PATH, respond)
     return True

@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sehat.core.actor import Actor, Audience
 from sehat.core.audit import AuditLog
@@ -116,7 +116,7 @@ _schedules = _Schedules(_CACHED_SCHEDULES)
 
 
 async def try_book(
-    session: AsyncSession,
+    engine: AsyncEngine,
     audit_log: AuditLog,
     actor: Actor,
     request: AppointmentCreate,
@@ -140,7 +140,6 @@ async def try_book(
         window.start,
         window.end,
     )
-    engine: AsyncEngine = session.bind  # type: ignore[assignment]
     async with _connection_outside_transactions(engine) as driver:
         for _ in range(2):  # a second time only when the copy turned out stale
             schedule = _schedules.get(key)

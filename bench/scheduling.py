@@ -25,6 +25,13 @@ What is measured (``--part`` picks some; all four by default)
              not fit in max_connections together). The figure is their mean; the ratio is distinct bookings per
              second over it.
 
+  statement  The booking's own write with no application in front of it: pgbench (``-M prepared``, one client per
+             connection the server's pools hold, 2 threads) calling ``sehat_book_appointment`` as the application
+             role, with the arguments the server would send (the distinct-slot clients' practitioners and patients,
+             an Idempotency-Key, the answer, an audit entry), one call per transaction, on distinct slots far in
+             the future, after the server stopped. What PostgreSQL alone can do for this write on this machine:
+             how close the HTTP figure gets to it, and how it compares with pgbench's own simple update.
+
 Targets: distinct bookings >= 0.25 x pgbench tps with p99 < 100 ms; slot search over 31 days p99 < 20 ms
 (sequential). Beside the figures: the app server's CPU per request and how busy each process group kept the two
 cores (from /proc), PostgreSQL transactions per request (``pg_stat_database``), what the database's backends
@@ -47,7 +54,7 @@ How
 
 Output: a table on stdout and the same figures as JSON in ``bench/results/scheduling.json``.
 
-    python3 dev.py bench scheduling                                  # all four parts
+    python3 dev.py bench scheduling                                  # all five parts
     python3 dev.py bench scheduling --part distinct --part ceiling   # some of them
     python3 dev.py bench scheduling --duration 20 --clients 32
 """
@@ -70,6 +77,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -85,6 +93,7 @@ import pyotp
 
 import auth
 from harness import (
+    APP_ROLE,
     POSTGRES_ADMIN_DSN,
     RESULTS_DIR,
     BackendSampler,
@@ -117,7 +126,7 @@ from patients import (
 )
 from sehat.settings import Settings
 
-PARTS = ("distinct", "contended", "search", "ceiling")
+PARTS = ("distinct", "contended", "search", "statement", "ceiling")
 APPOINTMENTS_PATH = "/api/v1/appointments"
 SLOTS_PATH = "/api/v1/slots"
 
@@ -1091,8 +1100,8 @@ def pgbench_binary() -> str:
     return found
 
 
-def _pgbench(arguments: Sequence[str], timeout: float) -> str:
-    command = [pgbench_binary(), "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", *arguments]
+def _pgbench(arguments: Sequence[str], timeout: float, user: str = "postgres") -> str:
+    command = [pgbench_binary(), "-h", "127.0.0.1", "-p", "5432", "-U", user, *arguments]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if completed.returncode != 0:
         raise BenchmarkError(f"`{' '.join(command)}` failed:\n{completed.stdout}{completed.stderr}")
@@ -1116,25 +1125,162 @@ def run_pgbench(options: Options, moment: str) -> dict[str, Any]:
     before = take_cpu_snapshot(os.getpid())
     output = _pgbench([*arguments, "-M", "prepared", options.pgbench_database], timeout=options.pgbench_seconds + 120)
     after = take_cpu_snapshot(os.getpid())
-    tps = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|excluding connections)", output)
-    latency = re.search(r"latency average = ([0-9.]+) ms", output)
-    processed = re.search(r"number of transactions actually processed: ([0-9]+)", output)
-    failed = re.search(r"number of failed transactions: ([0-9]+)", output)
-    if tps is None:
-        raise BenchmarkError(f"no tps in pgbench's output:\n{output}")
     cores = cpu_usage_between(before, after).cores_busy
     # pgbench, a child of this process, is in the reaped children's figure; "app server" is this process.
     pgbench_cores = cores["load generator (wrk)"]
     return {
         "moment": moment,
         "command": f"pgbench {' '.join(arguments)} -M prepared",
+        **_pgbench_figures(output),
+        "cpu_cores_busy": recount_cores(
+            cores, {"app server": None, "load generator (wrk)": None, "pgbench": pgbench_cores}
+        ),
+    }
+
+
+# --- part: statement ---------------------------------------------------------------------------------------
+
+# One call per transaction, as the server sends it: its arguments come from the pgbench variables ``-D`` sets,
+# the client's practitioner and patient (looked up once per client, on its first transaction) and a per-client
+# counter, so that every call books a slot of its own. The audit entry is built in SQL here (the
+# server builds it in Python), which puts a little more on PostgreSQL than the server does.
+_STATEMENT_SCRIPT = """
+\\set n :n + 1
+\\if :n = 1
+SELECT practitioner, patient FROM bench_statement_parties WHERE client = :client_id \\gset
+\\endif
+SELECT sehat_book_appointment(
+  :organization::uuid, :desk::uuid, false, :epoch::bigint,
+  ARRAY[hashtextextended(:practitioner::text, 1), hashtextextended(:patient::text, 2)],
+  'bench-statement-' || :client_id || '-' || :n, 'POST /api/v1/appointments',
+  sha256(('bench-statement-' || :client_id || '-' || :n)::bytea), :answer,
+  gen_random_uuid(), :facility::uuid, :practitioner::uuid, :patient::uuid, :appointment_type::uuid,
+  timestamptz '2040-01-01' + ((:client_id * 1000000 + :n) * interval '10 minutes'),
+  timestamptz '2040-01-01' + ((:client_id * 1000000 + :n + 1) * interval '10 minutes'),
+  'booked', NULL, now(), gen_random_uuid(),
+  json_build_object(
+    'event_uuid', gen_random_uuid(), 'occurred_at', now(), 'organization_id', :organization::uuid,
+    'actor_type', 'user', 'actor_id', :desk::uuid, 'actor_roles', json_build_array('front_office'),
+    'action', 'appointment.book', 'resource_type', 'appointment', 'resource_id', gen_random_uuid(),
+    'patient_id', :patient::uuid, 'outcome', 'success', 'client_address', '127.0.0.1', 'request_id', md5(:n::text),
+    'details', json_build_object('facility_id', :facility::uuid, 'practitioner_id', :practitioner::uuid),
+    'mac_kid', 'k1', 'mac', '\\x' || encode(sha256(:n::text::bytea), 'hex')));
+"""
+# An answer of the size the server stores with an Idempotency-Key (about 400 bytes of JSON).
+_STATEMENT_ANSWER = json.dumps(
+    {
+        "id": "00000000-0000-4000-8000-000000000000",
+        "patient_id": "00000000-0000-4000-8000-000000000001",
+        "practitioner_id": "00000000-0000-4000-8000-000000000002",
+        "facility_id": "00000000-0000-4000-8000-000000000003",
+        "appointment_type_id": "00000000-0000-4000-8000-000000000004",
+        "start": "2040-01-01T00:00:00Z",
+        "end": "2040-01-01T00:10:00Z",
+        "status": "booked",
+        "hold_expires_at": None,
+        "version": 1,
+        "cancellation_code": None,
+    },
+    separators=(",", ":"),
+)
+
+
+async def _prepare_statement_run(database: str, clinic: Clinic, clients: int) -> int:
+    """The table of each pgbench client's practitioner and patient (the distinct-slot lanes'), readable by the
+    application role; the organization's schedule epoch, which the statement checks."""
+    connection = await asyncpg.connect(owner_dsn(database), timeout=10)
+    try:
+        await connection.execute(
+            "DROP TABLE IF EXISTS bench_statement_parties;"
+            "CREATE TABLE bench_statement_parties (client int PRIMARY KEY, practitioner uuid, patient uuid);"
+            f'GRANT SELECT ON bench_statement_parties TO "{APP_ROLE}"'
+        )
+        lanes = len(clinic.lanes)
+        await connection.executemany(
+            "INSERT INTO bench_statement_parties VALUES ($1, $2, $3)",
+            [
+                (client, uuid.UUID(clinic.lanes[client % lanes]), uuid.UUID(clinic.lane_patients[client % lanes][0]))
+                for client in range(clients)
+            ],
+        )
+        epoch = await connection.fetchval(
+            "SELECT epoch FROM schedule_epochs WHERE organization_id = $1", clinic.desk.organization_id
+        )
+    finally:
+        await connection.close()
+    return int(epoch or 0)
+
+
+async def _statement_bookings(database: str) -> int:
+    connection = await asyncpg.connect(owner_dsn(database), timeout=10)
+    try:
+        return int(
+            await connection.fetchval(
+                "SELECT count(*) FROM appointments WHERE start_at >= '2040-01-01' AND status = 'booked'"
+            )
+        )
+    finally:
+        await connection.close()
+
+
+def run_booking_statement(options: Options, settings: Settings, clinic: Clinic) -> dict[str, Any]:
+    """pgbench calling ``sehat_book_appointment`` as the server would, with as many clients as the server's
+    pools hold connections, for ``--duration`` seconds."""
+    clients = options.workers * settings.database_pool_size
+    if clients > len(clinic.lanes):
+        clients = len(clinic.lanes)  # one practitioner and one patient per client, so that no call meets another
+    epoch = asyncio.run(_prepare_statement_run(options.database, clinic, clients))
+    log_step(f"the booking statement alone: pgbench, {clients} clients, -M prepared, {options.duration_seconds:g} s")
+    variables = {
+        "n": "0",
+        "organization": str(clinic.desk.organization_id),
+        "desk": str(clinic.desk.user_id),
+        "facility": clinic.facility_id,
+        "appointment_type": clinic.type_ids[BOOKED_TYPE],
+        "epoch": str(epoch),
+        "answer": _STATEMENT_ANSWER,
+    }
+    before_rows = asyncio.run(_statement_bookings(options.database))
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="sehat-bench-statement-", delete=False) as script:
+        script.write(_STATEMENT_SCRIPT)
+    try:
+        arguments = ["-n", "-c", str(clients), "-j", "2", "-T", f"{options.duration_seconds:g}", "-M", "prepared"]
+        definitions = [argument for name, value in variables.items() for argument in ("-D", f"{name}={value}")]
+        before = take_cpu_snapshot(os.getpid())
+        output = _pgbench(
+            [*arguments, *definitions, "-f", script.name, options.database],
+            timeout=options.duration_seconds + 120,
+            user=APP_ROLE,
+        )
+        after = take_cpu_snapshot(os.getpid())
+    finally:
+        os.unlink(script.name)
+    figures = _pgbench_figures(output)
+    booked = asyncio.run(_statement_bookings(options.database)) - before_rows
+    cores = cpu_usage_between(before, after).cores_busy
+    return {
+        "command": f"pgbench {' '.join(arguments)} -f <sehat_book_appointment, one call> (as {APP_ROLE})",
+        "clients": clients,
+        **figures,
+        "booked_rows": booked,
+        "cpu_cores_busy": recount_cores(
+            cores, {"app server": None, "load generator (wrk)": None, "pgbench": cores["load generator (wrk)"]}
+        ),
+    }
+
+
+def _pgbench_figures(output: str) -> dict[str, Any]:
+    tps = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|excluding connections)", output)
+    latency = re.search(r"latency average = ([0-9.]+) ms", output)
+    processed = re.search(r"number of transactions actually processed: ([0-9]+)", output)
+    failed = re.search(r"number of failed transactions: ([0-9]+)", output)
+    if tps is None:
+        raise BenchmarkError(f"no tps in pgbench's output:\n{output}")
+    return {
         "tps": round(float(tps.group(1)), 1),
         "latency_average_ms": float(latency.group(1)) if latency else None,
         "transactions": int(processed.group(1)) if processed else None,
         "failed_transactions": int(failed.group(1)) if failed else 0,
-        "cpu_cores_busy": recount_cores(
-            cores, {"app server": None, "load generator (wrk)": None, "pgbench": pgbench_cores}
-        ),
     }
 
 
@@ -1185,9 +1331,11 @@ def run(options: Options) -> dict[str, Any]:
         if "ceiling" in options.parts:
             results["pgbench_init"] = init_pgbench(options)
             pgbench.append(run_pgbench(options, "before the server started"))
-        served = bool(set(options.parts) & {"distinct", "contended", "search"})
+        served = bool(set(options.parts) & {"distinct", "contended", "search", "statement"})
         if served:
-            run_http_parts(options, server_environment, app_settings, desk, patient_ids, results, started)
+            clinic = run_http_parts(options, server_environment, app_settings, desk, patient_ids, results, started)
+            if "statement" in options.parts:
+                results["statement"] = run_booking_statement(options, app_settings, clinic)
         if "ceiling" in options.parts:
             pgbench.append(run_pgbench(options, "after the server stopped" if served else "second run"))
             results["ceiling"] = {
@@ -1223,8 +1371,9 @@ def run_http_parts(
     patient_ids: Sequence[str],
     results: dict[str, Any],
     started: float,
-) -> None:
-    """The server (and its worker) up, the clinic opened, the HTTP parts measured, the statements counted."""
+) -> Clinic:
+    """The server (and its worker) up, the clinic opened, the HTTP parts measured, the statements counted; the
+    clinic, for what is measured after the server stopped."""
     log_step(f"starting `sehat serve --workers {options.workers}`")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)  # the worker's log goes there before the server's
     with (
@@ -1259,6 +1408,7 @@ def run_http_parts(
             results["search"] = measure_search(options, server, clinic, visits)
         log_step("counting statements per booking and per search in this process")
         results["statements_per_request"] = asyncio.run(count_statements(app_settings, clinic))
+    return clinic
 
 
 def targets(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -1386,11 +1536,19 @@ def render_report(results: Mapping[str, Any]) -> str:
                 _line(f"3. slot search, {search['concurrent']['connections']} clients", search["concurrent"]),
                 *render_load_details(search["concurrent"]),
             ]
+    if "statement" in results:
+        statement = results["statement"]
+        lines.append(
+            f"  4. the booking statement alone, {statement['command']}: {statement['tps']:,.0f} tps, latency average "
+            f"{statement['latency_average_ms']} ms, failed {statement['failed_transactions']}, appointments booked "
+            f"{statement['booked_rows']:,} of {statement['transactions']:,} calls; cores busy: "
+            f"{_cores(statement['cpu_cores_busy'])}"
+        )
     if "ceiling" in results:
         ceiling = results["ceiling"]
         for pgbench in ceiling["runs"]:
             lines.append(
-                f"  4. {pgbench['command']} ({pgbench['moment']}): {pgbench['tps']:,.0f} tps, latency average "
+                f"  5. {pgbench['command']} ({pgbench['moment']}): {pgbench['tps']:,.0f} tps, latency average "
                 f"{pgbench['latency_average_ms']} ms, failed {pgbench['failed_transactions']}; cores busy: "
                 f"{_cores(pgbench['cpu_cores_busy'])}"
             )
@@ -1422,6 +1580,20 @@ def render_report(results: Mapping[str, Any]) -> str:
         lines.append(
             f"  slot search over {SEARCH_DAYS} days p99 {target['measured']:.2f} ms   target < "
             f"{TARGET_SEARCH_P99_MS:g} ms: {_verdict(target['met'])}"
+        )
+    statement, distinct = results.get("statement"), results.get("distinct")
+    if statement and distinct:
+        lines += ["", "beside the targets:"]
+        if "ceiling" in results:
+            lines.append(
+                f"  the booking statement alone / pgbench tps = {statement['tps']:,.0f} / "
+                f"{results['ceiling']['tps_mean']:,.0f} = {statement['tps'] / results['ceiling']['tps_mean']:.3f}"
+                " (what PostgreSQL by itself does for a booking's write, against its simple update)"
+            )
+        lines.append(
+            f"  distinct bookings over HTTP / the booking statement alone = "
+            f"{distinct['load']['requests_per_second']:,.0f} / {statement['tps']:,.0f} = "
+            f"{distinct['load']['requests_per_second'] / statement['tps']:.3f}"
         )
     if results["contaminated"]:
         lines.append(

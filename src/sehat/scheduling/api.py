@@ -245,7 +245,7 @@ async def hold_slot(
 ) -> AppointmentRead:
     """Reserve a slot for a few minutes (`SEHAT_SLOT_HOLD_MINUTES`) while the patient confirms or pays."""
     hold_for = timedelta(minutes=request.app.state.settings.slot_hold_minutes)
-    return service.present(await booking.book(session, audit, actor, body, hold_for=hold_for))
+    return await booking.book(session, audit, actor, body, hold_for=hold_for)
 
 
 @router.post("/slot-holds/{hold_id}/confirm", response_model=AppointmentRead)

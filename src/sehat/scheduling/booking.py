@@ -13,8 +13,7 @@ from sehat.core.audit import AuditLog
 from sehat.core.clock import utcnow
 from sehat.core.db import SessionOnDemand
 from sehat.scheduling import booking_pg, policy, service
-from sehat.scheduling.models import Appointment
-from sehat.scheduling.schemas import AppointmentCreate
+from sehat.scheduling.schemas import AppointmentCreate, AppointmentRead
 
 
 async def book(
@@ -24,15 +23,15 @@ async def book(
     request: AppointmentCreate,
     *,
     hold_for: timedelta | None = None,
-) -> Appointment:
+) -> AppointmentRead:
     """Book (or, with ``hold_for``, hold) one appointment, or refuse with 409 and write nothing."""
     policy.ensure_can_book(actor)
     engine: AsyncEngine = session.bind  # type: ignore[assignment]
     if _is_postgresql(engine):
         decided = await booking_pg.try_book(engine, audit_log, actor, request, hold_for=hold_for, now=utcnow())
-        if decided.appointment is not None:
-            return decided.appointment
-    return await service.book_appointment(session, audit_log, actor, request, hold_for=hold_for)
+        if decided.booked is not None:
+            return decided.booked
+    return service.present(await service.book_appointment(session, audit_log, actor, request, hold_for=hold_for))
 
 
 async def book_idempotently(

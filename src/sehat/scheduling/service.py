@@ -691,7 +691,8 @@ def new_appointment(
     now: datetime,
     hold_for: timedelta | None,
 ) -> Appointment:
-    """A booking (or, with ``hold_for``, a hold) of ``time``, not yet written: both booking paths build it here."""
+    """A booking (or, with ``hold_for``, a hold) of ``time``, not yet written."""
+    status, hold_expires_at = opening_status(now, hold_for)
     return Appointment(
         id=uuid.uuid4(),
         organization_id=organization_id,
@@ -701,12 +702,19 @@ def new_appointment(
         appointment_type_id=appointment_type_id,
         start_at=time.start,
         end_at=time.end,
-        status=(AppointmentStatus.held if hold_for else AppointmentStatus.booked).value,
-        hold_expires_at=now + hold_for if hold_for else None,
+        status=status,
+        hold_expires_at=hold_expires_at,
         version=1,
         created_at=now,
         updated_at=now,
     )
+
+
+def opening_status(now: datetime, hold_for: timedelta | None) -> tuple[str, datetime | None]:
+    """A new appointment's status and hold expiry, on both booking paths: booked, or held until ``now + hold_for``."""
+    if hold_for:
+        return AppointmentStatus.held.value, now + hold_for
+    return AppointmentStatus.booked.value, None
 
 
 @dataclass(frozen=True)
@@ -838,7 +846,9 @@ def record_transition(
     )
 
 
-def transition_entry(appointment: Appointment, action: str, details: dict[str, Any] | None = None) -> AuditEntry:
+def transition_entry(
+    appointment: Appointment | AppointmentRead, action: str, details: dict[str, Any] | None = None
+) -> AuditEntry:
     """The audit entry of one change of an appointment."""
     return AuditEntry(
         action=action,

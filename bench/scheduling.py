@@ -1105,7 +1105,24 @@ def _pgbench(arguments: Sequence[str], timeout: float, user: str = "postgres") -
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if completed.returncode != 0:
         raise BenchmarkError(f"`{' '.join(command)}` failed:\n{completed.stdout}{completed.stderr}")
+    asyncio.run(_pgbench_backends_gone())
     return completed.stdout + completed.stderr
+
+
+async def _pgbench_backends_gone(seconds: float = 5.0) -> None:
+    """Wait until the backends of pgbench's connections have exited (and so been reaped, their CPU counted in
+    the postmaster's): read earlier, their CPU is missing from PostgreSQL's figure and shows as other processes."""
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            left = await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'")
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    await asyncio.sleep(0.05)  # the postmaster reaps a backend a moment after it is gone from pg_stat_activity
 
 
 def init_pgbench(options: Options) -> dict[str, Any]:

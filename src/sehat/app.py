@@ -25,6 +25,7 @@ from sehat.core.errors import ServiceUnavailable
 from sehat.core.http import HotRoutes, RequestContextMiddleware, install_problem_handlers, problem_response
 from sehat.core.logging import configure_logging
 from sehat.core.migrate import check_app_role, is_up_to_date
+from sehat.core.realtime import build_broadcaster
 from sehat.identity import api as identity_api
 from sehat.identity import service as identity_service
 from sehat.identity.passwords import Passwords
@@ -146,7 +147,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 raise SchemaNotReady(message + "; connect as the application role (see docs/operations.md)")
             log.warning("database_role_bypasses_row_level_security", reasons=escapes)
         app.state.auth = build_auth(settings, redis)
-        await app.state.auth.revoked.start()
+        app.state.realtime = build_broadcaster(redis, settings.redis_key_prefix)
+        # Both wait a moment for their Redis subscription: side by side, a slow Redis costs that moment once.
+        await asyncio.gather(app.state.auth.revoked.start(), app.state.realtime.start())
         app.state.audit = app.state.auth.audit
         if getattr(app.state, "patient_vault", None) is None:  # a benchmark build may bring its own
             app.state.patient_vault = PatientVault.for_settings(app.state.auth.key_ring, settings)
@@ -183,6 +186,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     await task
         if getattr(app.state, "auth", None) is not None:
             await app.state.auth.revoked.stop()
+        if getattr(app.state, "realtime", None) is not None:
+            await app.state.realtime.stop()
         if redis is not None:
             await redis.aclose()
         await database.dispose()
@@ -217,7 +222,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> object:
-        """Ready: the database (and Redis, when configured) answer."""
+        """Ready: the database answers; when Redis is configured, it answers too and both of its feeds (session
+        revocations, realtime messages) are subscribed."""
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):
@@ -236,6 +242,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Until the revocation feed is subscribed and loaded, authenticated requests are refused.
             in_sync = getattr(request.app.state.auth.revoked, "in_sync", True)
             checks["session_store"] = "ok" if in_sync else "syncing"
+            # Until the realtime subscription is up, changes made through other servers reach no screen here.
+            checks["realtime"] = "ok" if getattr(request.app.state.realtime, "listening", True) else "syncing"
         if all(value == "ok" for value in checks.values()):
             return {"status": "ok", "checks": checks}
         problem = ServiceUnavailable("A dependency is not ready.", code="not_ready", extra={"checks": checks})

@@ -15,7 +15,10 @@ async def test_readyz_reports_database_and_redis_ok(start_api: Any, redis_url: s
     async with start_api(redis_url=redis_url) as api:
         response = await api.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok", "session_store": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "redis": "ok", "session_store": "ok", "realtime": "ok"},
+    }
 
 
 async def test_readyz_is_503_problem_when_redis_is_unreachable(start_api: Any) -> None:
@@ -26,4 +29,9 @@ async def test_readyz_is_503_problem_when_redis_is_unreachable(start_api: Any) -
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["code"] == "not_ready"
-    assert body["checks"] == {"database": "ok", "redis": "unavailable", "session_store": "syncing"}
+    assert body["checks"] == {
+        "database": "ok",
+        "redis": "unavailable",
+        "session_store": "syncing",
+        "realtime": "syncing",
+    }

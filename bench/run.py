@@ -17,6 +17,7 @@ BENCHMARKS = {
     "audit-verify": "audit_verify",
     "patients": "patients",
     "scheduling": "scheduling",
+    "queue": "opd_queue",
 }
 
 

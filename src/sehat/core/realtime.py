@@ -32,6 +32,8 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
+from sehat.core.redis_feed import await_confirmation
+
 log = structlog.get_logger("sehat.realtime")
 
 # Channel names are ours (``board:<uuid>``, ``token:<uuid>``), never a caller's text.
@@ -83,7 +85,7 @@ class Subscription:
     def __init__(self, channel: str, *, seen: int | None = None) -> None:
         self.channel = channel
         self._pending: Envelope | None = None
-        self._offered = 0  # envelopes offered to this subscriber so far
+        self._offered_any = False  # whether a publication (or a re-read state) has been offered yet
         # The newest sequence the subscriber has or has been offered: an older or equal one is late news.
         self._known = seen or 0
         self._ready = asyncio.Event()
@@ -96,24 +98,20 @@ class Subscription:
         if envelope.sequence <= self._known:
             return
         self._known = envelope.sequence
-        self._offered += 1
+        self._offered_any = True
         self._pending = envelope
         self._ready.set()
 
-    def offer_first(self, current: Envelope | None, *, seen: int | None, offered_before: int) -> None:
+    def offer_first(self, current: Envelope | None, *, seen: int | None) -> None:
         """The current state read as the subscription starts, given unless the subscriber has exactly that
-        sequence, or a publication reached it since ``offered_before`` was counted (one at least as new)."""
-        if self._offered != offered_before or (current is not None and current.sequence == seen):
+        sequence, or a publication reached it while the state was being read (one at least as new)."""
+        if self._offered_any or (current is not None and current.sequence == seen):
             return
         # Whatever else the subscriber says it has seen is not the current state (an expired channel, or a
         # number from elsewhere): it is brought to the current one.
         self._known = 0
         if current is not None:
             self.offer(current)
-
-    @property
-    def offered(self) -> int:
-        return self._offered
 
     def close(self) -> None:
         self._closed = True
@@ -199,8 +197,7 @@ class _SubscribeMixin:
         try:
             # Registered first, then read: a publication in between is offered by the hub, and the read,
             # being no newer, is then not offered over it.
-            offered_before = subscription.offered
-            subscription.offer_first(await self.current(channel), seen=seen, offered_before=offered_before)
+            subscription.offer_first(await self.current(channel), seen=seen)
             yield subscription
         finally:
             self._hub.remove(subscription)
@@ -318,7 +315,7 @@ class RedisBroadcaster(_SubscribeMixin):
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
-                await self._await_subscription(pubsub)
+                await await_confirmation(pubsub, "psubscribe")
                 self._listening.set()
                 await self._catch_up()
                 last_ping = time.monotonic()
@@ -340,14 +337,6 @@ class RedisBroadcaster(_SubscribeMixin):
                 self._listening.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-
-    @staticmethod
-    async def _await_subscription(pubsub: Any) -> None:
-        for _ in range(50):
-            message = await pubsub.get_message(timeout=0.1)
-            if message is not None and message.get("type") == "psubscribe":
-                return
-        raise ConnectionError("no subscription confirmation from Redis")
 
     async def _catch_up(self) -> None:
         """After (re)subscribing: each watched channel's current state, for subscribers that missed it."""

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sehat.core.errors import ServiceUnavailable
+from sehat.core.redis_feed import await_confirmation
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +136,7 @@ class RedisRevokedSessions:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                await self._await_subscription(pubsub)
+                await await_confirmation(pubsub, "subscribe")
                 await self._load_stored()
                 self._last_heard = last_ping = time.monotonic()
                 self._in_sync = True
@@ -163,14 +164,6 @@ class RedisRevokedSessions:
                 self._in_sync = False
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-
-    @staticmethod
-    async def _await_subscription(pubsub: object) -> None:
-        for _ in range(50):
-            message = await pubsub.get_message(timeout=0.1)  # type: ignore[attr-defined]
-            if message is not None and message.get("type") == "subscribe":
-                return
-        raise ConnectionError("no subscription confirmation from Redis")
 
     async def _load_stored(self) -> None:
         async for key in self._redis.scan_iter(match=self._key_prefix + "*", count=1000):

@@ -128,11 +128,6 @@ class QueueEstimator:
         consultation = self._in_consultation.get(room)
         return consultation.token if consultation is not None else None
 
-    def set_rooms(self, rooms: int) -> None:
-        if rooms < 1:
-            raise ValueError("a queue is served by at least one room")
-        self._rooms = rooms
-
     @property
     def pace(self) -> float:
         return self._pace

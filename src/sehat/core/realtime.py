@@ -103,13 +103,15 @@ class Subscription:
         self._ready.set()
 
     def offer_first(self, current: Envelope | None, *, seen: int | None) -> None:
-        """The current state read as the subscription starts, given unless the subscriber has exactly that
-        sequence, or a publication reached it while the state was being read (one at least as new)."""
-        if self._offered_any or (current is not None and current.sequence == seen):
-            return
-        # Whatever else the subscriber says it has seen is not the current state (an expired channel, or a
-        # number from elsewhere): it is brought to the current one.
-        self._known = 0
+        """The current state read as the subscription starts. Given unless the subscriber has exactly that
+        sequence; and, when a publication reached it while the state was being read, only if newer than that
+        one (on Redis it may be an older publication still on its way)."""
+        if not self._offered_any:
+            if current is not None and current.sequence == seen:
+                return
+            # Whatever else the subscriber says it has seen is not the current state (an expired channel, or a
+            # number from elsewhere): it is brought to the current one.
+            self._known = 0
         if current is not None:
             self.offer(current)
 
@@ -195,8 +197,8 @@ class _SubscribeMixin:
         subscription = Subscription(check_channel(channel), seen=seen)
         self._hub.add(subscription)
         try:
-            # Registered first, then read: a publication in between is offered by the hub, and the read,
-            # being no newer, is then not offered over it.
+            # Registered first, then read: a publication in between is offered by the hub, and the read is
+            # offered over it only if newer.
             subscription.offer_first(await self.current(channel), seen=seen)
             yield subscription
         finally:

@@ -9,6 +9,9 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -37,13 +40,16 @@ async def nothing_more(subscription: Subscription) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def two_redis_processes(redis_url: str) -> AsyncIterator[tuple[RedisBroadcaster, RedisBroadcaster, str]]:
-    """Two broadcasters on their own Redis connections, as two server processes; and the client name of the
-    first one's connections."""
+async def two_redis_processes(
+    redis_url: str, *, first_through: str | None = None, **options: Any
+) -> AsyncIterator[tuple[RedisBroadcaster, RedisBroadcaster, str]]:
+    """Two broadcasters on their own Redis connections, as two server processes (the first one's connections
+    through ``first_through`` when given); and the client name of the first one's connections."""
     prefix = f"t{uuid.uuid4().hex[:12]}:"
     name = f"{prefix}realtime"
-    clients = [Redis.from_url(redis_url, client_name=f"{name}-{side}") for side in ("a", "b")]
-    pair = (RedisBroadcaster(clients[0], prefix), RedisBroadcaster(clients[1], prefix))
+    urls = (first_through or redis_url, redis_url)
+    clients = [Redis.from_url(url, client_name=f"{name}-{side}") for url, side in zip(urls, "ab", strict=True)]
+    pair = (RedisBroadcaster(clients[0], prefix, **options), RedisBroadcaster(clients[1], prefix, **options))
     for broadcaster in pair:
         await broadcaster.start()
     try:
@@ -200,6 +206,31 @@ async def test_a_subscriber_whose_redis_subscription_dropped_gets_what_was_publi
 
 
 @pytest.mark.redis
+async def test_a_subscriber_whose_redis_feed_went_silent_without_an_error_gets_what_was_published_meanwhile(
+    redis_url: str,
+) -> None:
+    channel = board()
+    async with (
+        _Relay(redis_url) as relay,
+        two_redis_processes(redis_url, first_through=relay.url, stale_after=0.5) as (watcher, publisher, _),
+        watcher.subscribe(channel) as updates,
+    ):
+        first = await publisher.publish(channel, {"serving": "GM-001"})
+        assert (await next_message(updates)).sequence == first.sequence
+        # The watcher's subscription goes deaf as over a half-open link: its socket stays open, writes to it
+        # succeed, nothing comes back. No error tells the watcher; only the silence can.
+        assert relay.deafen(b"PSUBSCRIBE") == 1
+        await publisher.publish(channel, {"serving": "GM-002"})
+        await _until(lambda: not watcher.listening)
+        message = await next_message(updates)
+        assert (message.sequence, json.loads(message.text)["state"]) == (first.sequence + 1, {"serving": "GM-002"})
+        await _until(lambda: watcher.listening)
+        # And the new subscription is a working one.
+        third = await publisher.publish(channel, {"serving": "GM-003"})
+        assert (await next_message(updates)).sequence == third.sequence
+
+
+@pytest.mark.redis
 async def test_a_channel_whose_state_expired_starts_above_every_sequence_it_used_so_subscribers_still_hear_it(
     redis_url: str,
 ) -> None:
@@ -234,6 +265,73 @@ async def _kill_subscriptions(redis_url: str, client_name: str) -> None:
         assert killed == 1
     finally:
         await admin.aclose()
+
+
+@dataclass
+class _Link:
+    words: set[bytes] = field(default_factory=set)  # what the client has sent: command names and such
+    deaf: bool = False
+    open: bool = True
+
+
+class _Relay:
+    """A TCP relay to Redis that can make some of its links deaf without closing them, as a half-open
+    connection or a network partition does: bytes are still taken from both ends, none is passed on."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._target = urlsplit(redis_url)
+        self._links: list[_Link] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = urlunsplit(self._target._replace(netloc=f"127.0.0.1:{port}"))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def deafen(self, command: bytes) -> int:
+        """Deafen every open link that has carried ``command``; how many."""
+        chosen = [link for link in self._links if link.open and command.upper() in link.words]
+        for link in chosen:
+            link.deaf = True
+        return len(chosen)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection(self._target.hostname, self._target.port or 6379)
+        link = _Link()
+        self._links.append(link)
+        for pump in (
+            self._pump(link, client_reader, redis_writer, from_client=True),
+            self._pump(link, redis_reader, client_writer, from_client=False),
+        ):
+            task = asyncio.create_task(pump)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pump(
+        link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if from_client:
+                    link.words.update(part.upper() for part in data.split(b"\r\n") if part.isalpha())
+                if not link.deaf:
+                    writer.write(data)
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            link.open = False  # one end is gone: so is the link
+            writer.close()
 
 
 def _pending_sequence(subscription: Subscription) -> int | None:

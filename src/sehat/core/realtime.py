@@ -12,7 +12,9 @@ board or a patient's view of their token, to every subscriber in every server pr
 - ``MemoryBroadcaster`` keeps everything in the process (embedded mode). ``RedisBroadcaster`` keeps each
   channel's sequence and current state in Redis and publishes through Redis pub/sub, so a change made through
   one server reaches sockets connected to another. Every process hears every channel (one pattern
-  subscription) and hands a message only to its own local subscribers of that channel.
+  subscription) and hands a message only to its own local subscribers of that channel. A lost subscription,
+  including one that went silent without an error (pinged, no answer for ``FEED_STALE_AFTER_SECONDS``), is
+  re-made, and every locally watched channel's current state re-read.
 
 What a message contains is the publisher's business; the wire text is built once per publication, and every
 socket sends that same text.
@@ -32,7 +34,7 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from sehat.core.redis_feed import await_confirmation
+from sehat.core.redis_feed import FeedWatch, await_confirmation
 
 log = structlog.get_logger("sehat.realtime")
 
@@ -42,7 +44,10 @@ _CHANNEL = re.compile(r"^[a-z][a-z_-]{0,31}:[0-9a-f-]{1,64}$")
 STATE_TTL_SECONDS = 2 * 24 * 3600
 _WIRE_PREFIX = b'{"sequence":'
 _RECONNECT_DELAY_SECONDS = 0.5
-_PING_EVERY_SECONDS = 5.0
+# The feed is pinged four times within this bound; a process that has heard nothing on it for this long (a
+# silently dead connection, a partition) re-subscribes and catches up. This is the longest a screen can go on
+# showing a state that has changed, when Redis is up.
+FEED_STALE_AFTER_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
@@ -264,15 +269,17 @@ class RedisBroadcaster(_SubscribeMixin):
     One follower task per process listens to every channel under the prefix and hands each message to this
     process's subscribers of that channel. When the subscription is lost it reconnects, then reads each
     locally watched channel's current state, so that a subscriber misses no final state (intermediate ones may
-    be skipped: each message is a whole state)."""
+    be skipped: each message is a whole state). A subscription that hears nothing, not even the answer to a
+    ping, for ``stale_after`` seconds counts as lost."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, stale_after: float = FEED_STALE_AFTER_SECONDS) -> None:
         self._redis = redis
         self._prefix = prefix + "rt:"
         self._hub = _LocalHub()
         self._script = redis.register_script(_PUBLISH)
         self._follower: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._feed = FeedWatch(ping_every=stale_after / 4, stale_after=stale_after)
 
     async def start(self) -> None:
         self._follower = asyncio.create_task(self._follow())
@@ -320,14 +327,7 @@ class RedisBroadcaster(_SubscribeMixin):
                 await await_confirmation(pubsub, "psubscribe")
                 self._listening.set()
                 await self._catch_up()
-                last_ping = time.monotonic()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_EVERY_SECONDS)
-                    if message is not None and message.get("type") == "pmessage":
-                        self._hand_on(message["channel"], message["data"])
-                    if time.monotonic() - last_ping >= _PING_EVERY_SECONDS:
-                        await pubsub.ping()
-                        last_ping = time.monotonic()
+                await self._feed.listen(pubsub, self._on_message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -346,6 +346,10 @@ class RedisBroadcaster(_SubscribeMixin):
             current = await self.current(subscription.channel)
             if current is not None:
                 subscription.offer(current)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "pmessage":
+            self._hand_on(message["channel"], message["data"])
 
     def _hand_on(self, redis_channel: bytes | str, data: bytes | str) -> None:
         name = redis_channel.decode() if isinstance(redis_channel, bytes) else redis_channel

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+class FeedSilent(ConnectionError):
+    """Nothing, not even the answer to a ping, came on a pub/sub connection for too long: the connection may
+    look open (a half-open TCP link, a partition, a server that dropped the client unnoticed) but is dead."""
 
 
 async def await_confirmation(pubsub: Any, kind: str) -> None:
@@ -14,3 +21,36 @@ async def await_confirmation(pubsub: Any, kind: str) -> None:
         if message is not None and message.get("type") == kind:
             return
     raise ConnectionError("no subscription confirmation from Redis")
+
+
+class FeedWatch:
+    """Proof that a follower's pub/sub feed is alive. A dead connection does not always raise: a follower
+    that only waits for messages would wait forever. So the connection is pinged every ``ping_every``
+    seconds, and a feed on which nothing (a message or a pong) has been heard for ``stale_after`` seconds
+    counts as lost."""
+
+    def __init__(self, *, ping_every: float, stale_after: float) -> None:
+        self.ping_every = ping_every
+        self.stale_after = stale_after
+        self._last_heard = 0.0  # nothing heard yet: stale until a subscription is confirmed
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self._last_heard <= self.stale_after
+
+    async def listen(self, pubsub: Any, hand_on: Callable[[dict[str, Any]], None]) -> NoReturn:
+        """Hand every message arriving on ``pubsub`` (pongs included) to ``hand_on``, pinging as it goes, until
+        the feed fails: an error from the connection, or ``FeedSilent``. Called once the subscription has
+        been confirmed, which counts as hearing from the feed."""
+        self._last_heard = last_ping = time.monotonic()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.ping_every)
+            now = time.monotonic()
+            if message is not None:
+                self._last_heard = now
+                hand_on(message)
+            if now - last_ping >= self.ping_every:
+                await pubsub.ping()
+                last_ping = now
+            if now - self._last_heard > self.stale_after:
+                raise FeedSilent("the pub/sub feed went silent")

@@ -18,14 +18,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sehat.core.errors import ServiceUnavailable
-from sehat.core.redis_feed import await_confirmation
+from sehat.core.redis_feed import FeedWatch, await_confirmation
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +93,7 @@ class RedisRevokedSessions:
         self._channel = prefix + "revocations"
         self._memory = MemoryRevokedSessions()
         self._in_sync = False
-        self._last_heard = 0.0
+        self._feed = FeedWatch(ping_every=_PING_EVERY_SECONDS, stale_after=FEED_STALE_AFTER_SECONDS)
         self._follower: asyncio.Task[None] | None = None
         self._first_sync = asyncio.Event()
 
@@ -112,7 +112,7 @@ class RedisRevokedSessions:
 
     @property
     def in_sync(self) -> bool:
-        return self._in_sync and time.monotonic() - self._last_heard <= FEED_STALE_AFTER_SECONDS
+        return self._in_sync and self._feed.fresh
 
     async def revoke(self, session_id: uuid.UUID, ttl_seconds: int) -> None:
         ttl = max(1, ttl_seconds)
@@ -138,21 +138,10 @@ class RedisRevokedSessions:
                 await pubsub.subscribe(self._channel)
                 await await_confirmation(pubsub, "subscribe")
                 await self._load_stored()
-                self._last_heard = last_ping = time.monotonic()
+                # listen() counts the feed as heard before it first awaits: in sync with a fresh feed.
                 self._in_sync = True
                 self._first_sync.set()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_EVERY_SECONDS)
-                    now = time.monotonic()
-                    if message is not None:
-                        self._last_heard = now
-                        if message.get("type") == "message":
-                            self._apply(message["data"])
-                    if now - last_ping >= _PING_EVERY_SECONDS:
-                        await pubsub.ping()
-                        last_ping = now
-                    if now - self._last_heard > FEED_STALE_AFTER_SECONDS:
-                        raise ConnectionError("the revocation feed went silent")
+                await self._feed.listen(pubsub, self._on_message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -171,6 +160,10 @@ class RedisRevokedSessions:
             if ttl > 0:
                 name = key.decode() if isinstance(key, bytes) else str(key)
                 self._memory.add(uuid.UUID(hex=name.removeprefix(self._key_prefix)), ttl)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "message":
+            self._apply(message["data"])
 
     def _apply(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data

@@ -38,9 +38,14 @@ from sehat.patients import accounts_api as patient_accounts_api
 from sehat.patients import api as patients_api
 from sehat.patients import rights_api as patients_rights_api
 from sehat.patients.vault import PatientVault
+from sehat.queue import api as queue_api
+from sehat.queue.boards import BoardAnnouncer
+from sehat.queue.live import LiveQueues
+from sehat.queue.service import QueueRuntime
 from sehat.scheduling import api as scheduling_api
 from sehat.settings import Settings
 from sehat.tenancy import api as tenancy_api
+from sehat.web import boards as web_boards
 from sehat.web import pages as web_pages
 
 log = structlog.get_logger("sehat.app")
@@ -151,6 +156,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Both wait a moment for their Redis subscription: side by side, a slow Redis costs that moment once.
         await asyncio.gather(app.state.auth.revoked.start(), app.state.realtime.start())
         app.state.audit = app.state.auth.audit
+        live_queues = LiveQueues()
+        app.state.boards = BoardAnnouncer(database, live_queues, app.state.realtime)
+        app.state.queues = QueueRuntime(live_queues, app.state.audit, announce=app.state.boards.announce)
         if getattr(app.state, "patient_vault", None) is None:  # a benchmark build may bring its own
             app.state.patient_vault = PatientVault.for_settings(app.state.auth.key_ring, settings)
         app.state.audit_chain = AuditChain(
@@ -256,5 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(patient_accounts_api.router)
     app.include_router(patients_rights_api.router)
     app.include_router(scheduling_api.router)
+    app.include_router(queue_api.router)
+    app.include_router(web_boards.router)
     app.include_router(web_pages.router)
     return app

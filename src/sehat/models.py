@@ -6,6 +6,7 @@ from sehat.core import events as event_models
 from sehat.core.db import Base
 from sehat.identity import models as identity_models
 from sehat.patients import models as patient_models
+from sehat.queue import models as queue_models
 from sehat.scheduling import models as scheduling_models
 from sehat.tenancy import models as tenancy_models
 
@@ -18,6 +19,7 @@ __all__ = [
     "identity_models",
     "metadata",
     "patient_models",
+    "queue_models",
     "scheduling_models",
     "tenancy_models",
 ]

@@ -48,6 +48,12 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.manage",
         "appointment.change",
         "waitlist.manage",
+        "queue.read",
+        "queue.manage",
+        "queue.issue",
+        "queue.serve",
+        "queue.transfer",
+        "board.manage",
     },
     "front_office": {
         "self.session",
@@ -64,6 +70,10 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.manage",
         "appointment.change",
         "waitlist.manage",
+        "queue.read",
+        "queue.manage",
+        "queue.issue",
+        "queue.transfer",
     },
     "doctor": {
         "self.session",
@@ -73,6 +83,9 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "consent.read",
         "schedule.read",
         "appointment.read",
+        "queue.read",
+        "queue.serve",
+        "queue.transfer",
     },
     "nurse": {
         "self.session",
@@ -83,6 +96,10 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.read",
         "appointment.manage",
         "appointment.change",
+        "queue.read",
+        "queue.issue",
+        "queue.serve",
+        "queue.transfer",
     },
     "billing": {"self.session", "facility.read", "patient.read", "patient.read_all_facilities"},
     "auditor": {"self.session", "facility.read", "user.read", "audit.read", "alert.read"},
@@ -98,6 +115,7 @@ DEFAULT_GRANTS: dict[str, set[str]] = {
         "appointment.book",
         "appointment.change",
         "waitlist.manage",
+        "queue.read_own",
     },
 }
 

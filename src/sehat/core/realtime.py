@@ -175,8 +175,13 @@ class Broadcaster(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, channel: str, state: Mapping[str, Any]) -> Envelope:
-        """Make ``state`` the channel's current state and send it to every subscriber, in every process."""
+    async def publish(self, channel: str, state: Mapping[str, Any], *, generation: int | None = None) -> Envelope:
+        """Make ``state`` the channel's current state and send it to every subscriber, in every process.
+
+        A state built from data that only grows (versions) may carry that data's ``generation``: it is then
+        published only if it is newer than the last one published with a generation, so that two processes
+        racing to publish the same channel cannot leave the older state last. Otherwise the current envelope
+        is returned and nothing is sent."""
         ...
 
     async def current(self, channel: str) -> Envelope | None: ...
@@ -220,6 +225,7 @@ class MemoryBroadcaster(_SubscribeMixin):
     def __init__(self) -> None:
         self._hub = _LocalHub()
         self._current: dict[str, tuple[Envelope, float]] = {}
+        self._generations: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -227,15 +233,20 @@ class MemoryBroadcaster(_SubscribeMixin):
     async def stop(self) -> None:
         self._hub.close_all()
 
-    async def publish(self, channel: str, state: Mapping[str, Any]) -> Envelope:
+    async def publish(self, channel: str, state: Mapping[str, Any], *, generation: int | None = None) -> Envelope:
         check_channel(channel)
         previous = self._current.get(channel)
         now = time.monotonic()
+        if generation is not None:
+            if previous is not None and previous[1] > now and self._generations.get(channel, -1) >= generation:
+                return previous[0]
+            self._generations[channel] = generation
         sequence = previous[0].sequence + 1 if previous is not None and previous[1] > now else first_sequence()
         envelope = Envelope(channel, sequence, wire_text(sequence, orjson.dumps(state)))
         self._current[channel] = (envelope, now + STATE_TTL_SECONDS)
         if len(self._current) > 10_000:
             self._current = {name: kept for name, kept in self._current.items() if kept[1] > now}
+            self._generations = {name: kept for name, kept in self._generations.items() if name in self._current}
         self._hub.deliver(envelope)
         return envelope
 
@@ -244,9 +255,17 @@ class MemoryBroadcaster(_SubscribeMixin):
         return kept[0] if kept is not None and kept[1] > time.monotonic() else None
 
 
-# KEYS: the sequence key, the state key, the pub/sub channel. ARGV: the state's JSON, the TTL in seconds.
-# One script, so that the sequence, the stored state and the order of publications agree in every process.
+# KEYS: the sequence key, the state key, the pub/sub channel, the generation key. ARGV: the state's JSON, the
+# TTL in seconds, the generation ('' for none). One script, so that the sequence, the stored state and the
+# order of publications agree in every process.
 _PUBLISH = """
+if ARGV[3] ~= '' then
+  local known = redis.call('GET', KEYS[4])
+  if known and tonumber(known) >= tonumber(ARGV[3]) and redis.call('EXISTS', KEYS[2]) == 1 then
+    return redis.call('GET', KEYS[2])
+  end
+  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[2])
+end
 local sequence
 if redis.call('EXISTS', KEYS[1]) == 1 then
   sequence = redis.call('INCR', KEYS[1])
@@ -299,11 +318,16 @@ class RedisBroadcaster(_SubscribeMixin):
     def listening(self) -> bool:
         return self._listening.is_set()
 
-    async def publish(self, channel: str, state: Mapping[str, Any]) -> Envelope:
+    async def publish(self, channel: str, state: Mapping[str, Any], *, generation: int | None = None) -> Envelope:
         check_channel(channel)
         text = await self._script(
-            keys=[self._key("seq", channel), self._key("state", channel), self._prefix + channel],
-            args=[orjson.dumps(state), STATE_TTL_SECONDS],
+            keys=[
+                self._key("seq", channel),
+                self._key("state", channel),
+                self._prefix + channel,
+                self._key("gen", channel),
+            ],
+            args=[orjson.dumps(state), STATE_TTL_SECONDS, "" if generation is None else str(generation)],
         )
         text = text.decode() if isinstance(text, bytes) else str(text)
         return Envelope(channel, sequence_of(text), text)

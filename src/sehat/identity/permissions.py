@@ -51,6 +51,15 @@ APPOINTMENT_MANAGE = "appointment.manage"
 # Cancel and reschedule: staff who manage appointments, and a patient their own.
 APPOINTMENT_CHANGE = "appointment.change"
 WAITLIST_MANAGE = "waitlist.manage"
+QUEUE_READ = "queue.read"
+QUEUE_MANAGE = "queue.manage"
+QUEUE_ISSUE = "queue.issue"
+# Working the line from a room: call next, start, complete, skip, recall, pause, resume, report a delay.
+QUEUE_SERVE = "queue.serve"
+QUEUE_TRANSFER = "queue.transfer"
+# A patient reading their own token: its place in the line and the estimated time.
+QUEUE_READ_OWN = "queue.read_own"
+BOARD_MANAGE = "board.manage"
 
 # The names a route may declare. The `permissions` table holds the same names (a test keeps them equal).
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -83,6 +92,13 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         APPOINTMENT_MANAGE,
         APPOINTMENT_CHANGE,
         WAITLIST_MANAGE,
+        QUEUE_READ,
+        QUEUE_MANAGE,
+        QUEUE_ISSUE,
+        QUEUE_SERVE,
+        QUEUE_TRANSFER,
+        QUEUE_READ_OWN,
+        BOARD_MANAGE,
     }
 )
 

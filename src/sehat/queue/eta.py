@@ -78,12 +78,21 @@ class QueueEstimator:
 
     # --- the line --------------------------------------------------------------------------------------
 
-    def add_waiting(self, token: Hashable, priority: PriorityClass, order_time: float, planned_seconds: float) -> None:
+    def add_waiting(
+        self,
+        token: Hashable,
+        priority: PriorityClass,
+        order_time: float,
+        planned_seconds: float,
+        *,
+        tiebreak: int | None = None,
+    ) -> None:
         """Put ``token`` in line: ``order_time`` is the appointment's start for a booked token, otherwise
-        the arrival (kept across a transfer)."""
+        the arrival (kept across a transfer). Equal times go by ``tiebreak`` (a token's number, so that a copy
+        rebuilt from the database orders them alike), or else by who was added first."""
         if token in self._key_of:
             raise ValueError("the token is already waiting")
-        key = (int(priority), order_time, next(self._added))
+        key = (int(priority), order_time, next(self._added) if tiebreak is None else tiebreak)
         position = bisect.bisect(self._keys, key)
         self._keys.insert(position, key)
         self._tokens.insert(position, token)
@@ -118,10 +127,18 @@ class QueueEstimator:
         """End the room's consultation; its length against its plan joins the pace. Returns the length."""
         consultation = self._in_consultation.pop(room)
         length = max(0.0, at - consultation.started_at)
-        if consultation.planned_seconds > 0:
-            self._ratios.append(length / consultation.planned_seconds)
-            self._pace = statistics.median(self._ratios)
+        self.remember_consultation(length, consultation.planned_seconds)
         return length
+
+    def vacate(self, room: Hashable) -> None:
+        """The room's patient did not come (skipped): the room is free and the pace learns nothing."""
+        del self._in_consultation[room]
+
+    def remember_consultation(self, length_seconds: float, planned_seconds: float) -> None:
+        """A finished consultation joins the pace: also how a rebuild from the database replays the last ones."""
+        if planned_seconds > 0:
+            self._ratios.append(length_seconds / planned_seconds)
+            self._pace = statistics.median(self._ratios)
 
     def in_consultation(self, room: Hashable) -> Hashable | None:
         """The token the room is seeing, if any."""

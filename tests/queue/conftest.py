@@ -4,16 +4,19 @@ the clock stopped at 09:00 tomorrow, facility time, so that estimates can be che
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pytest
 import time_machine
+import uvicorn
 
 from tests.conftest import Api
-from tests.scheduling.conftest import Clinic, open_clinic, tomorrow_at
+from tests.scheduling.conftest import KARACHI, Clinic, open_clinic, tomorrow_at
 
 OPENS = (9, 0)
 
@@ -26,6 +29,7 @@ class Opd:
     front_office: dict[str, str] = field(default_factory=dict)
     doctor: dict[str, str] = field(default_factory=dict)
     nurse: dict[str, str] = field(default_factory=dict)
+    admin: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> Api:
@@ -92,21 +96,54 @@ class Opd:
         self.front_office = await self.api.headers_for(self.clinic.desk.tenant.emails["front_office"])
         self.doctor = await self.clinic.desk.headers("doctor")
         self.nurse = await self.clinic.desk.headers("nurse")
+        self.admin = await self.api.headers_for(self.clinic.desk.tenant.admin_email)
+
+    async def enrol_board(self, **body: Any) -> dict[str, Any]:
+        response = await self.post(
+            "/boards", {"facility_id": self.clinic.facility_id, "name": "OPD lobby", **body}, headers=self.admin
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
 
 
 def at_opening() -> datetime:
     return tomorrow_at(*OPENS)
 
 
-async def open_opd(api: Api, clock: Any, *, patients: int = 6, rooms: int = 1) -> Opd:
+async def open_opd(api: Api, clock: Any | None, *, patients: int = 6, rooms: int = 1) -> Opd:
+    """With a ``clock``: tomorrow's queue, the clock stopped at its opening. Without: today's, in real time
+    (for servers in other processes, whose clock a test cannot move)."""
     clinic = await open_clinic(api, patients=patients)
     opd = Opd(clinic, clock)
-    clock.move_to(at_opening(), tick=False)
+    day = datetime.now(KARACHI).date()
+    if clock is not None:
+        opening = at_opening()  # read before the move: "tomorrow" is relative to the clock
+        clock.move_to(opening, tick=False)
+        day = opening.date()
     await opd.sign_in_again()
-    response = await opd.open_queue(rooms=[f"Room {number + 1}" for number in range(rooms)])
+    response = await opd.open_queue(rooms=[f"Room {number + 1}" for number in range(rooms)], day=day.isoformat())
     assert response.status_code == 201, response.text
     opd.queue = response.json()
     return opd
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """The (already started) app on a real loopback port, for WebSocket clients: its host:port."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ the clock stopped at 09:00 tomorrow, facility time, so that estimates can be che
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +30,9 @@ class Opd:
     doctor: dict[str, str] = field(default_factory=dict)
     nurse: dict[str, str] = field(default_factory=dict)
     admin: dict[str, str] = field(default_factory=dict)
+    prepared: Any = None
+    # When the clock was stopped (the queue's opening), or None on the real clock.
+    opening: datetime | None = None
 
     @property
     def api(self) -> Api:
@@ -110,16 +113,26 @@ def at_opening() -> datetime:
     return tomorrow_at(*OPENS)
 
 
-async def open_opd(api: Api, clock: Any | None, *, patients: int = 6, rooms: int = 1) -> Opd:
-    """With a ``clock``: tomorrow's queue, the clock stopped at its opening. Without: today's, in real time
-    (for servers in other processes, whose clock a test cannot move)."""
+async def open_opd(
+    api: Api,
+    clock: Any | None,
+    *,
+    patients: int = 6,
+    rooms: int = 1,
+    before_opening: Callable[[Clinic], Awaitable[Any]] | None = None,
+) -> Opd:
+    """With a ``clock``: tomorrow's queue, the clock stopped at its opening (``before_opening`` runs on the
+    real clock first: booking tomorrow's appointments, say). Without: today's, in real time (for servers in
+    other processes, whose clock a test cannot move)."""
     clinic = await open_clinic(api, patients=patients)
     opd = Opd(clinic, clock)
+    if before_opening is not None:
+        opd.prepared = await before_opening(clinic)
     day = datetime.now(KARACHI).date()
     if clock is not None:
         opening = at_opening()  # read before the move: "tomorrow" is relative to the clock
         clock.move_to(opening, tick=False)
-        day = opening.date()
+        day, opd.opening = opening.date(), opening
     await opd.sign_in_again()
     response = await opd.open_queue(rooms=[f"Room {number + 1}" for number in range(rooms)], day=day.isoformat())
     assert response.status_code == 201, response.text

@@ -165,20 +165,26 @@ async def test_a_slow_subscriber_skips_to_the_newest_state_instead_of_queueing_e
         assert await nothing_more(updates)
 
 
+# Generations as boards make them: a day number times 10**9 plus versions, just below what a double holds.
+BIG = 2**53 - 100
+
+
 async def test_a_state_of_an_older_generation_published_late_is_dropped_and_the_newer_one_stays(
     broadcasters: Pair,
 ) -> None:
     publisher, watcher = broadcasters
     channel = board()
     async with watcher.subscribe(channel) as updates:
-        newer = await publisher.publish(channel, {"serving": "GM-002"}, generation=7)
+        newer = await publisher.publish(channel, {"serving": "GM-002"}, generation=BIG + 7)
         assert (await next_message(updates)).sequence == newer.sequence
         # Another process built its state before this one and publishes it after: it must not win.
-        late = await publisher.publish(channel, {"serving": "GM-001"}, generation=6)
-        same = await publisher.publish(channel, {"serving": "GM-002"}, generation=7)
+        late = await publisher.publish(channel, {"serving": "GM-001"}, generation=BIG + 6)
+        same = await publisher.publish(channel, {"serving": "GM-002"}, generation=BIG + 7)
         assert late == newer and same == newer
         assert await nothing_more(updates)
-        newest = await publisher.publish(channel, {"serving": "GM-003"}, generation=8)
+        newest = await publisher.publish(channel, {"serving": "GM-003"}, generation=BIG + 8)
+        with pytest.raises(ValueError):
+            await publisher.publish(channel, {"serving": "GM-004"}, generation=2**53)
         message = await next_message(updates)
     assert (message.sequence, json.loads(message.text)["state"]) == (newer.sequence + 1, {"serving": "GM-003"})
     assert newest.sequence == message.sequence

@@ -42,6 +42,7 @@ log = structlog.get_logger("sehat.realtime")
 _CHANNEL = re.compile(r"^[a-z][a-z_-]{0,31}:[0-9a-f-]{1,64}$")
 # A channel's state outlives a working day and its evening session; then it may go.
 STATE_TTL_SECONDS = 2 * 24 * 3600
+MAX_GENERATION = 2**53
 _WIRE_PREFIX = b'{"sequence":'
 _RECONNECT_DELAY_SECONDS = 0.5
 # The feed is pinged four times within this bound; a process that has heard nothing on it for this long (a
@@ -76,6 +77,11 @@ def sequence_of(text: str | bytes) -> int:
 def first_sequence() -> int:
     """A channel's first sequence number: the clock, in milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def check_generation(generation: int | None) -> None:
+    if generation is not None and not 0 <= generation < MAX_GENERATION:
+        raise ValueError("a generation is a whole number below 2**53")
 
 
 def check_channel(channel: str) -> str:
@@ -181,7 +187,8 @@ class Broadcaster(Protocol):
         A state built from data that only grows (versions) may carry that data's ``generation``: it is then
         published only if it is newer than the last one published with a generation, so that two processes
         racing to publish the same channel cannot leave the older state last. Otherwise the current envelope
-        is returned and nothing is sent."""
+        is returned and nothing is sent. A generation is below ``MAX_GENERATION``: Redis compares it as a
+        double."""
         ...
 
     async def current(self, channel: str) -> Envelope | None: ...
@@ -235,6 +242,7 @@ class MemoryBroadcaster(_SubscribeMixin):
 
     async def publish(self, channel: str, state: Mapping[str, Any], *, generation: int | None = None) -> Envelope:
         check_channel(channel)
+        check_generation(generation)
         previous = self._current.get(channel)
         now = time.monotonic()
         if generation is not None:
@@ -320,6 +328,7 @@ class RedisBroadcaster(_SubscribeMixin):
 
     async def publish(self, channel: str, state: Mapping[str, Any], *, generation: int | None = None) -> Envelope:
         check_channel(channel)
+        check_generation(generation)
         text = await self._script(
             keys=[
                 self._key("seq", channel),

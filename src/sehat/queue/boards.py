@@ -47,8 +47,9 @@ from sehat.tenancy.models import Facility
 
 ENROL = "board.enrol"
 _KEY_PREFIX = "sdk"
-# Versions of one day's queues stay far below this; the day is the more significant part.
-_GENERATIONS_PER_DAY = 10**12
+# Versions of one day's queues stay far below this; the day is the more significant part. The product stays
+# below 2**53, which Redis's Lua compares exactly (its numbers are doubles).
+_GENERATIONS_PER_DAY = 10**9
 
 
 def board_channel(board_id: uuid.UUID) -> str:

@@ -56,6 +56,11 @@ class Schedule:
     appointment_type_id: uuid.UUID
     appointment_id: uuid.UUID
     entry_id: uuid.UUID
+    # The OPD queue: tomorrow's queue, its room, the patient's token, a lobby board.
+    queue_id: uuid.UUID
+    room_id: uuid.UUID
+    token_id: uuid.UUID
+    board_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class FirstOrganization:
             "appointment_id": self.schedule.appointment_id,
             "hold_id": self.schedule.appointment_id,
             "entry_id": self.schedule.entry_id,
+            "queue_id": self.schedule.queue_id,
+            "token_id": self.schedule.token_id,
+            "board_id": self.schedule.board_id,
         }
 
     def ids(self) -> set[str]:
@@ -135,6 +143,18 @@ def _bodies(first: FirstOrganization) -> dict[tuple[str, str], Callable[[], dict
             "from_date": tomorrow_at(0).date().isoformat(),
             "to_date": tomorrow_at(0).date().isoformat(),
         },
+        ("POST", "/api/v1/queues"): lambda: {
+            "facility_id": facility,
+            "day": tomorrow_at(0).date().isoformat(),
+            "name": "Matrix queue",
+            "prefix": _unique("")[:4].translate(str.maketrans("0123456789", "ABCDEFGHIJ")).upper(),
+            "rooms": ["Matrix room"],
+        },
+        ("POST", "/api/v1/queues/{queue_id}/tokens"): lambda: {"patient_id": str(first.patient_id)},
+        ("POST", "/api/v1/queues/{queue_id}/call-next"): lambda: {"room_id": str(schedule.room_id)},
+        ("POST", "/api/v1/queues/{queue_id}/delay"): lambda: {"minutes": 5},
+        ("POST", "/api/v1/tokens/{token_id}/transfer"): lambda: {"queue_id": str(schedule.queue_id)},
+        ("POST", "/api/v1/boards"): lambda: {"facility_id": facility, "name": "Matrix board"},
         ("POST", "/api/v1/organizations"): lambda: {"name": "Matrix Org", "slug": _unique("matrix-")},
         ("POST", "/api/v1/organizations/{organization_id}/admins"): lambda: {
             "email": f"{_unique('admin-')}@matrix.test",
@@ -293,12 +313,22 @@ async def _schedule(api: Any, tenant: Tenant, admin: dict[str, str], doctor_id: 
     entry = await created(
         "/waitlist", {**booking, "practitioner_id": practitioner["id"], "from_date": day, "to_date": day}
     )
+    queue = await created(
+        "/queues",
+        {"facility_id": facility, "day": day, "name": "Alpha OPD", "prefix": "AL", "rooms": ["Alpha room"]},
+    )
+    token = await created(f"/queues/{queue['id']}/tokens", {"patient_id": patient_id})
+    board = await created("/boards", {"facility_id": facility, "name": "Alpha lobby"})
     return Schedule(
         uuid.UUID(practitioner["id"]),
         uuid.UUID(rules[0]["id"]),
         uuid.UUID(kind["id"]),
         uuid.UUID(appointment["id"]),
         uuid.UUID(entry["id"]),
+        uuid.UUID(queue["id"]),
+        uuid.UUID(queue["rooms"][0]["id"]),
+        uuid.UUID(token["id"]),
+        uuid.UUID(board["id"]),
     )
 
 

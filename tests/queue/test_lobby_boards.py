@@ -134,6 +134,22 @@ async def test_a_socket_without_its_boards_key_or_from_another_origin_is_closed_
             assert state["board"] == "OPD lobby"
 
 
+async def test_a_replaced_display_key_opens_nothing_and_the_new_one_opens_the_board(opd: Opd) -> None:
+    board = await opd.enrol_board()
+    replaced = await opd.post(f"/boards/{board['id']}/key", headers=opd.admin)
+    assert replaced.status_code == 200, replaced.text
+    fresh = replaced.json()
+    assert fresh["id"] == board["id"] and fresh["display_key"] != board["display_key"]
+    async with serving(opd.api.app) as host:
+        async with screen(host, board) as lobby:
+            assert await closed_with(lobby.socket) == 1008
+        async with screen(host, fresh) as lobby:
+            _, state = await lobby.next()
+            assert state["board"] == "OPD lobby"
+    refused = await opd.post(f"/boards/{board['id']}/key", headers=opd.front_office)
+    assert refused.status_code == 403
+
+
 async def test_a_display_key_opens_its_board_and_nothing_else(opd: Opd) -> None:
     board = await opd.enrol_board()
     await opd.issued(0)

@@ -24,7 +24,7 @@ from sehat.identity.permissions import (
     QUEUE_TRANSFER,
 )
 from sehat.queue import boards, service
-from sehat.queue.models import TokenStatus
+from sehat.queue.models import DisplayBoard, TokenStatus
 from sehat.queue.schemas import (
     BoardCreate,
     BoardEnrolled,
@@ -188,8 +188,19 @@ async def own_tokens(actor: OwnReader, session: Session, runtime: Runtime) -> li
 async def enrol_board(body: BoardCreate, actor: BoardManager, session: Session, audit: Audit) -> BoardEnrolled:
     """A lobby board and its display key, shown once: open `page_url` on the screen."""
     board, key = await boards.enrol_board(session, audit, actor, body)
+    return _enrolled(board, key)
+
+
+def _enrolled(board: DisplayBoard, key: str) -> BoardEnrolled:
     read = BoardRead.model_validate(board)
     return BoardEnrolled(**read.model_dump(), display_key=key, page_url=f"/boards/{board.id}#key={key}")
+
+
+@router.post("/boards/{board_id}/key", response_model=BoardEnrolled)
+async def replace_board_key(board_id: uuid.UUID, actor: BoardManager, session: Session, audit: Audit) -> BoardEnrolled:
+    """A new display key for the board: the old one opens nothing from now on (a lost or replaced screen)."""
+    board, key = await boards.replace_key(session, audit, actor, board_id)
+    return _enrolled(board, key)
 
 
 @router.get("/boards", response_model=list[BoardRead])

@@ -46,6 +46,7 @@ from sehat.scheduling import service as scheduling_service
 from sehat.tenancy.models import Facility
 
 ENROL = "board.enrol"
+REKEY = "board.rekey"
 _KEY_PREFIX = "sdk"
 # Versions of one day's queues stay far below this; the day is the more significant part. The product stays
 # below 2**53, which Redis's Lua compares exactly (its numbers are doubles).
@@ -102,6 +103,26 @@ async def enrol_board(
         actor,
         AuditEntry(action=ENROL, outcome=Outcome.success, resource_type="display_board", resource_id=str(board.id)),
     )
+    return board, key
+
+
+async def replace_key(
+    session: AsyncSession, audit_log: AuditLog, actor: Actor, board_id: uuid.UUID
+) -> tuple[DisplayBoard, str]:
+    """A new display key for a board (a screen was lost or replaced): the old key opens nothing from now on."""
+    policy.ensure_can_manage_boards(actor)
+    board = await session.scalar(scoped_select(DisplayBoard, actor).where(DisplayBoard.id == board_id))
+    if board is None:
+        raise NotFound("Board not found.", code="board_not_found")
+    assert actor.organization_id is not None
+    key = new_display_key(actor.organization_id)
+    board.key_digest = key_digest(key)
+    audit_log.record(
+        session,
+        actor,
+        AuditEntry(action=REKEY, outcome=Outcome.success, resource_type="display_board", resource_id=str(board.id)),
+    )
+    await session.flush()
     return board, key
 
 

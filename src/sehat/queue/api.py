@@ -146,28 +146,28 @@ async def get_token(token_id: uuid.UUID, actor: Reader, session: Session, runtim
 
 @router.post("/tokens/{token_id}/start", response_model=TokenRead)
 async def start_token(token_id: uuid.UUID, actor: Server, session: Session, runtime: Runtime) -> TokenRead:
-    return await service.start_token(session, runtime, actor, token_id)
+    return await service.take_step(session, runtime, actor, token_id, service.START_STEP)
 
 
 @router.post("/tokens/{token_id}/complete", response_model=TokenRead)
 async def complete_token(token_id: uuid.UUID, actor: Server, session: Session, runtime: Runtime) -> TokenRead:
     """409 `token_not_called` for a token still waiting."""
-    return await service.complete_token(session, runtime, actor, token_id)
+    return await service.take_step(session, runtime, actor, token_id, service.COMPLETE_STEP)
 
 
 @router.post("/tokens/{token_id}/skip", response_model=TokenRead)
 async def skip_token(token_id: uuid.UUID, actor: Server, session: Session, runtime: Runtime) -> TokenRead:
-    return await service.skip_token(session, runtime, actor, token_id)
+    return await service.take_step(session, runtime, actor, token_id, service.SKIP_STEP)
 
 
 @router.post("/tokens/{token_id}/recall", response_model=TokenRead)
 async def recall_token(token_id: uuid.UUID, actor: Server, session: Session, runtime: Runtime) -> TokenRead:
-    return await service.recall_token(session, runtime, actor, token_id)
+    return await service.take_step(session, runtime, actor, token_id, service.RECALL_STEP)
 
 
 @router.post("/tokens/{token_id}/cancel", response_model=TokenRead)
 async def cancel_token(token_id: uuid.UUID, actor: Issuer, session: Session, runtime: Runtime) -> TokenRead:
-    return await service.cancel_token(session, runtime, actor, token_id)
+    return await service.take_step(session, runtime, actor, token_id, service.CANCEL_STEP)
 
 
 @router.post("/tokens/{token_id}/transfer", response_model=TokenRead)

@@ -554,32 +554,37 @@ def _ensure_status(
     runtime: QueueRuntime, queue: Queue, live: LiveQueue, token: QueueToken, allowed: frozenset[Status], doing: str
 ) -> None:
     if token.status not in allowed:
-        code = "token_not_called" if token.status == Status.waiting else "invalid_transition"
+        # A step that needs the token called, asked of one still waiting, says so by name.
+        needs_call = Status.called in allowed and Status.waiting not in allowed
+        code = "token_not_called" if token.status == Status.waiting and needs_call else "invalid_transition"
         problem = Conflict(f"A {token.status} token cannot be {doing}.", code=code)
         raise _refuse(runtime, queue, live, problem)
 
 
-async def _change(
-    session: AsyncSession,
-    runtime: QueueRuntime,
-    actor: Actor,
-    token_id: uuid.UUID,
-    *,
-    allowed: frozenset[Status],
-    to: Status,
-    action: str,
-    doing: str,
-    apply: Callable[[QueueToken, LiveQueue, datetime], None],
-    ensure_allowed: Callable[[Actor], None] = policy.ensure_can_serve,
+@dataclass(frozen=True)
+class TokenStep:
+    """A step of a token's life taken from a room or the desk: from which statuses, to which, audited as what,
+    who may take it, and what it does to the rows and the in-memory line."""
+
+    allowed: frozenset[Status]
+    to: Status
+    action: str
+    doing: str
+    apply: Callable[[QueueToken, LiveQueue, datetime], None]
+    ensure_allowed: Callable[[Actor], None] = policy.ensure_can_serve
+
+
+async def take_step(
+    session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID, step: TokenStep
 ) -> TokenRead:
-    ensure_allowed(actor)
+    step.ensure_allowed(actor)
     token, queue, live = await _locked_token(session, runtime, actor, token_id)
-    _ensure_status(runtime, queue, live, token, allowed, doing)
+    _ensure_status(runtime, queue, live, token, step.allowed, step.doing)
     now = utcnow()
-    apply(token, live, now)
-    previous = _move(token, to, now)
-    _history(session, actor, token, action, previous)
-    runtime.audit_log.record(session, actor, _token_entry(action, token))
+    step.apply(token, live, now)
+    previous = _move(token, step.to, now)
+    _history(session, actor, token, step.action, previous)
+    runtime.audit_log.record(session, actor, _token_entry(step.action, token))
     await session.flush()
     _announce_after_commit(session, runtime, queue, live)
     return _token_read(token, live, now)
@@ -613,79 +618,24 @@ def _cancel(token: QueueToken, live: LiveQueue, now: datetime) -> None:
         live.leave(token.id)
 
 
-async def start_token(session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID) -> TokenRead:
-    return await _change(
-        session,
-        runtime,
-        actor,
-        token_id,
-        allowed=frozenset({Status.called}),
-        to=Status.in_consultation,
-        action=START,
-        doing="started",
-        apply=_start,
-    )
-
-
-async def complete_token(session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID) -> TokenRead:
-    """From a call or a consultation under way; a token never called is 409 ``token_not_called``."""
-    return await _change(
-        session,
-        runtime,
-        actor,
-        token_id,
-        allowed=frozenset({Status.called, Status.in_consultation}),
-        to=Status.completed,
-        action=COMPLETE,
-        doing="completed",
-        apply=_complete,
-    )
-
-
-async def skip_token(session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID) -> TokenRead:
-    """A called patient who did not come: the room is free, and the token may be recalled."""
-    return await _change(
-        session,
-        runtime,
-        actor,
-        token_id,
-        allowed=frozenset({Status.called}),
-        to=Status.skipped,
-        action=SKIP,
-        doing="skipped",
-        apply=_skip,
-    )
-
-
-async def recall_token(session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID) -> TokenRead:
-    """A skipped patient who turned up: back in the line in the place their class and arrival give them."""
-    return await _change(
-        session,
-        runtime,
-        actor,
-        token_id,
-        allowed=frozenset({Status.skipped}),
-        to=Status.waiting,
-        action=RECALL,
-        doing="recalled",
-        apply=_recall,
-    )
-
-
-async def cancel_token(session: AsyncSession, runtime: QueueRuntime, actor: Actor, token_id: uuid.UUID) -> TokenRead:
-    """The patient left before being seen."""
-    return await _change(
-        session,
-        runtime,
-        actor,
-        token_id,
-        allowed=frozenset({Status.waiting, Status.skipped}),
-        to=Status.cancelled,
-        action=CANCEL,
-        doing="cancelled",
-        apply=_cancel,
-        ensure_allowed=policy.ensure_can_issue,
-    )
+START_STEP = TokenStep(frozenset({Status.called}), Status.in_consultation, START, "started", _start)
+# From a call or a consultation under way; a token never called is 409 ``token_not_called``.
+COMPLETE_STEP = TokenStep(
+    frozenset({Status.called, Status.in_consultation}), Status.completed, COMPLETE, "completed", _complete
+)
+# A called patient who did not come: the room is free, and the token may be recalled.
+SKIP_STEP = TokenStep(frozenset({Status.called}), Status.skipped, SKIP, "skipped", _skip)
+# A skipped patient who turned up: back in the line in the place their class and arrival give them.
+RECALL_STEP = TokenStep(frozenset({Status.skipped}), Status.waiting, RECALL, "recalled", _recall)
+# The patient left before being seen: the desk records it.
+CANCEL_STEP = TokenStep(
+    frozenset({Status.waiting, Status.skipped}),
+    Status.cancelled,
+    CANCEL,
+    "cancelled",
+    _cancel,
+    ensure_allowed=policy.ensure_can_issue,
+)
 
 
 async def transfer_token(

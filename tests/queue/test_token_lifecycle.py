@@ -79,6 +79,12 @@ async def test_a_skipped_patient_frees_the_room_and_a_recall_puts_them_back_in_t
     assert [token["id"] for token in await opd.waiting()] == [first["id"], second["id"]]
     again = await opd.call_next()
     assert again.json()["id"] == first["id"]
+    # Skipped a second time and never back: closed as a no-show, which a waiting token cannot be.
+    await opd.act(first["id"], "skip")
+    assert (await opd.act(second["id"], "no-show")).json()["code"] == "invalid_transition"
+    no_show = await opd.act(first["id"], "no-show")
+    assert no_show.status_code == 200 and no_show.json()["status"] == "no_show"
+    assert (await opd.act(first["id"], "recall")).json()["code"] == "invalid_transition"
 
 
 async def _unchanged(opd: Opd, token: dict[str, Any]) -> None:

@@ -165,6 +165,12 @@ async def recall_token(token_id: uuid.UUID, actor: Server, session: Session, run
     return await service.take_step(session, runtime, actor, token_id, service.RECALL_STEP)
 
 
+@router.post("/tokens/{token_id}/no-show", response_model=TokenRead)
+async def mark_token_no_show(token_id: uuid.UUID, actor: Server, session: Session, runtime: Runtime) -> TokenRead:
+    """A skipped patient who never came back."""
+    return await service.take_step(session, runtime, actor, token_id, service.NO_SHOW_STEP)
+
+
 @router.post("/tokens/{token_id}/cancel", response_model=TokenRead)
 async def cancel_token(token_id: uuid.UUID, actor: Issuer, session: Session, runtime: Runtime) -> TokenRead:
     return await service.take_step(session, runtime, actor, token_id, service.CANCEL_STEP)

@@ -57,6 +57,7 @@ COMPLETE = "queue.token.complete"
 SKIP = "queue.token.skip"
 RECALL = "queue.token.recall"
 CANCEL = "queue.token.cancel"
+NO_SHOW = "queue.token.no_show"
 TRANSFER = "queue.token.transfer"
 READ = "queue.token.read"
 LIST = "queue.token.list"
@@ -613,6 +614,10 @@ def _recall(token: QueueToken, live: LiveQueue, now: datetime) -> None:
     live.join(token)
 
 
+def _no_change(token: QueueToken, live: LiveQueue, now: datetime) -> None:
+    return None
+
+
 def _cancel(token: QueueToken, live: LiveQueue, now: datetime) -> None:
     if token.status == Status.waiting:
         live.leave(token.id)
@@ -627,6 +632,8 @@ COMPLETE_STEP = TokenStep(
 SKIP_STEP = TokenStep(frozenset({Status.called}), Status.skipped, SKIP, "skipped", _skip)
 # A skipped patient who turned up: back in the line in the place their class and arrival give them.
 RECALL_STEP = TokenStep(frozenset({Status.skipped}), Status.waiting, RECALL, "recalled", _recall)
+# Skipped and never came back: closed as a no-show (the room already let them go).
+NO_SHOW_STEP = TokenStep(frozenset({Status.skipped}), Status.no_show, NO_SHOW, "marked a no-show", _no_change)
 # The patient left before being seen: the desk records it.
 CANCEL_STEP = TokenStep(
     frozenset({Status.waiting, Status.skipped}),

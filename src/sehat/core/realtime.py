@@ -34,7 +34,7 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from sehat.core.redis_feed import FeedWatch, await_confirmation
+from sehat.core.redis_feed import FeedWatch, await_confirmation, stop_follower
 
 log = structlog.get_logger("sehat.realtime")
 
@@ -316,10 +316,8 @@ class RedisBroadcaster(_SubscribeMixin):
             await asyncio.wait_for(self._listening.wait(), timeout=2)
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        # Not a single cancel() and await: the follower can lose a cancellation (see stop_follower).
+        await stop_follower(self._follower)
         self._hub.close_all()
 
     @property

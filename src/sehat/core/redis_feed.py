@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -21,6 +22,26 @@ async def await_confirmation(pubsub: Any, kind: str) -> None:
         if message is not None and message.get("type") == kind:
             return
     raise ConnectionError("no subscription confirmation from Redis")
+
+
+async def stop_follower(follower: asyncio.Task[Any] | None) -> None:
+    """Cancel a follower task and wait until it has ended.
+
+    Cancelled again every 0.1 s until it has, because one cancellation can be lost: on Python 3.11 redis-py
+    sends every command under ``asyncio.wait_for`` (its default ``socket_timeout``), and that ``wait_for``
+    returns normally, dropping the cancellation, when cancelled just after the send completed (fixed in 3.12).
+    A follower that lost it goes on pinging and re-subscribing for ever, and the app never finishes shutting
+    down. It happens after the event loop was blocked: the followers' read timeouts, their pings and the
+    shutdown then all fall in the same few turns of the loop."""
+    if follower is None:
+        return
+    while not follower.done():
+        follower.cancel()
+        # asyncio.wait, not ``await follower`` under suppress(CancelledError): that would also swallow a
+        # cancellation of the caller itself.
+        await asyncio.wait({follower}, timeout=0.1)
+    if not follower.cancelled():
+        follower.result()  # a follower that ended otherwise: its error is the caller's
 
 
 class FeedWatch:

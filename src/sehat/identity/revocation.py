@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sehat.core.errors import ServiceUnavailable
-from sehat.core.redis_feed import FeedWatch, await_confirmation
+from sehat.core.redis_feed import FeedWatch, await_confirmation, stop_follower
 
 log = structlog.get_logger(__name__)
 
@@ -105,10 +105,8 @@ class RedisRevokedSessions:
             await asyncio.wait_for(self._first_sync.wait(), timeout=2)
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        # Not a single cancel() and await: the follower can lose a cancellation (see stop_follower).
+        await stop_follower(self._follower)
 
     @property
     def in_sync(self) -> bool:

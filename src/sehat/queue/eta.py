@@ -105,6 +105,9 @@ class QueueEstimator:
         position = bisect.bisect_left(self._keys, key)
         del self._keys[position], self._tokens[position], self._planned[position]
 
+    def is_waiting(self, token: Hashable) -> bool:
+        return token in self._key_of
+
     def next_token(self) -> Hashable | None:
         """Who the policy calls next, if anyone may be called: nobody while the queue is paused."""
         if self._paused or not self._tokens:

@@ -4,8 +4,9 @@ The database is the source of truth; a ``LiveQueue`` is a copy that makes recomp
 event cheap (``queue.eta``). Every change of a queue bumps ``queues.version`` under the queue row's lock, so:
 
 - an operation holding the lock ``take``s the copy: if its version is the one just before the row's, the copy
-  is current and the operation updates it in step with the rows; otherwise (first use, another server changed
-  the queue, a change here rolled back) it is rebuilt from the rows, which the lock keeps still;
+  is current and the operation updates it in step with the rows; if it is older (another server changed the
+  queue), it catches up by reading only the tokens changed since its version (``queue_tokens.changed_version``);
+  with no copy at all it is built from the rows. The lock keeps the rows still meanwhile;
 - after the commit, ``keep`` puts it back under the new version. A transaction that rolls back never puts its
   copy back, so a half-applied change is never seen;
 - a reader without the lock uses the copy when its version equals the row's, and otherwise builds one for
@@ -108,6 +109,33 @@ class LiveQueue:
         self.estimator.vacate(room_id)
         self.labels.pop(token_id, None)
 
+    def occupy(self, token: QueueToken) -> None:
+        """A token called to its room (or being seen there) as the rows say it."""
+        assert token.room_id is not None and token.called_at is not None
+        self.labels[token.id] = token.label
+        self.estimator.start_consultation(token.room_id, token.id, token.called_at.timestamp(), token.planned_seconds)
+        self.in_room[token.room_id] = (token.id, token.status)
+
+    def absorb(self, changed: list[QueueToken]) -> None:
+        """Bring tokens changed elsewhere (by another server) to their latest state, in the order of their last
+        change. Everyone is taken out first, then put where they are now: a token's last change may come after
+        another's that took its room (skipped, the room given to the next, then recalled)."""
+        for token in changed:
+            if self.estimator.is_waiting(token.id):
+                self.leave(token.id)
+            else:
+                room_id = self.room_of(token.id)
+                if room_id is not None:
+                    self.vacate(room_id)
+        for token in changed:
+            if token.status == TokenStatus.waiting:
+                self.join(token)
+            elif token.status in (TokenStatus.called, TokenStatus.in_consultation):
+                self.occupy(token)
+            elif token.completed_at is not None and token.called_at is not None:
+                seconds = (token.completed_at - token.called_at).total_seconds()
+                self.estimator.remember_consultation(seconds, token.planned_seconds)
+
     # --- what follows from them --------------------------------------------------------------------------
 
     def next_token(self) -> uuid.UUID | None:
@@ -193,17 +221,14 @@ async def load(session: AsyncSession, queue: Queue) -> LiveQueue:
         if token.status == TokenStatus.waiting:
             live.join(token)
         elif token.room_id is not None and token.called_at is not None:
-            live.labels[token.id] = token.label
-            live.estimator.start_consultation(
-                token.room_id, token.id, token.called_at.timestamp(), token.planned_seconds
-            )
-            live.in_room[token.room_id] = (token.id, token.status)
+            live.occupy(token)
+    # Completed, or transferred from a consultation under way: both finished a consultation here.
     finished = await session.execute(
         select(QueueToken.called_at, QueueToken.completed_at, QueueToken.planned_seconds)
         .where(
             QueueToken.organization_id == queue.organization_id,
             QueueToken.queue_id == queue.id,
-            QueueToken.status == TokenStatus.completed,
+            QueueToken.completed_at.is_not(None),
         )
         .order_by(QueueToken.completed_at.desc())
         .limit(PACE_WINDOW)
@@ -214,20 +239,50 @@ async def load(session: AsyncSession, queue: Queue) -> LiveQueue:
     return live
 
 
+async def catch_up(session: AsyncSession, live: LiveQueue, queue: Queue, since: int) -> None:
+    """Bring a copy at version ``since`` to ``queue``'s: only the tokens changed after ``since`` are read.
+    The caller sees every change up to the queue's version and none after (it holds the queue's lock, or reads
+    one snapshot)."""
+    changed = list(
+        await session.scalars(
+            select(QueueToken)
+            .where(
+                QueueToken.organization_id == queue.organization_id,
+                QueueToken.queue_id == queue.id,
+                QueueToken.changed_version > since,
+                QueueToken.changed_version <= queue.version,
+            )
+            .order_by(QueueToken.changed_version)
+        )
+    )
+    live.absorb(changed)
+    live.apply_queue_row(queue)
+
+
 class LiveQueues:
     """This process's copies, by queue id, each with the version it is current at."""
 
     def __init__(self) -> None:
         self._copies: dict[uuid.UUID, tuple[int, LiveQueue]] = {}
 
-    async def take(self, session: AsyncSession, queue: Queue) -> LiveQueue:
-        """For an operation holding the queue's lock, whose UPDATE already moved ``queue.version`` on by one."""
+    async def _brought_to(self, session: AsyncSession, queue: Queue, version: int) -> LiveQueue:
+        """The copy at ``version``, taken out of the cache (nobody else may use it meanwhile): the cached one
+        caught up when it is older, a new one otherwise."""
         cached = self._copies.pop(queue.id, None)
-        if cached is not None and cached[0] == queue.version - 1:
-            live = cached[1]
+        if cached is None or cached[0] > version:
+            return await load(session, queue)
+        live = cached[1]
+        if cached[0] < version:
+            # Another server changed the queue since (or this one, with a change that did not keep its copy).
+            await catch_up(session, live, queue, since=cached[0])
+        else:
             live.apply_queue_row(queue)
-            return live
-        return await load(session, queue)
+        return live
+
+    async def take(self, session: AsyncSession, queue: Queue) -> LiveQueue:
+        """For an operation holding the queue's lock, whose UPDATE already moved ``queue.version`` on by one: the
+        copy as of the version before it."""
+        return await self._brought_to(session, queue, queue.version - 1)
 
     def keep(self, queue_id: uuid.UUID, version: int, live: LiveQueue) -> None:
         """After the commit of ``version``. Callbacks of two commits may run out of order: the newer stays."""
@@ -236,11 +291,14 @@ class LiveQueues:
             self._copies[queue_id] = (version, live)
 
     async def current(self, session: AsyncSession, queue: Queue, *, snapshot: bool) -> LiveQueue:
-        """For a reader: the copy at ``queue.version``, built if need be (and kept if read in one snapshot)."""
+        """For a reader: the copy at ``queue.version``. Read in one snapshot (``snapshot``), a stale copy is
+        caught up and kept; otherwise the tokens read may be newer than the version, so a copy is built for
+        this read alone."""
         cached = self._copies.get(queue.id)
         if cached is not None and cached[0] == queue.version:
             return cached[1]
-        live = await load(session, queue)
-        if snapshot:
-            self.keep(queue.id, queue.version, live)
+        if not snapshot:
+            return await load(session, queue)
+        live = await self._brought_to(session, queue, queue.version)
+        self.keep(queue.id, queue.version, live)
         return live

@@ -110,6 +110,7 @@ class QueueToken(IdMixin, Base):
             sqlite_where=text(_ACTIVE_SQL),
         ),
         Index("ix_queue_tokens_queue_status", "organization_id", "queue_id", "status"),
+        Index("ix_queue_tokens_queue_changed", "organization_id", "queue_id", "changed_version"),
     )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
@@ -132,6 +133,9 @@ class QueueToken(IdMixin, Base):
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # The queue's version at the token's last change: a server whose copy of the line is at version c reads
+    # only the tokens changed after c to catch up (``queue.live``).
+    changed_version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

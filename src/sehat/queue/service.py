@@ -407,10 +407,12 @@ def _history(session: AsyncSession, actor: Actor, token: QueueToken, action: str
     )
 
 
-def _move(token: QueueToken, status: Status, now: datetime) -> str:
+def _move(token: QueueToken, status: Status, now: datetime, queue: Queue) -> str:
+    """The token's new status, its version moved on, and the queue version it changed at."""
     previous = token.status
     token.status = status
     token.version += 1
+    token.changed_version = queue.version
     token.updated_at = now
     return previous
 
@@ -497,6 +499,7 @@ async def issue_token(
         appointment_at=origin.appointment_at,
         planned_seconds=origin.planned_seconds,
         version=1,
+        changed_version=queue.version,
         updated_at=now,
     )
     session.add(token)
@@ -531,7 +534,7 @@ async def call_next(
         raise _refuse(runtime, queue, live, Conflict("Nobody is waiting.", code="queue_empty"))
     token = await session.get_one(QueueToken, token_id, populate_existing=True)
     now = utcnow()
-    previous = _move(token, Status.called, now)
+    previous = _move(token, Status.called, now, queue)
     token.room_id, token.called_at = room_id, now
     _history(session, actor, token, CALL, previous)
     runtime.audit_log.record(session, actor, _token_entry(CALL, token, room_id=room_id))
@@ -583,7 +586,7 @@ async def take_step(
     _ensure_status(runtime, queue, live, token, step.allowed, step.doing)
     now = utcnow()
     step.apply(token, live, now)
-    previous = _move(token, step.to, now)
+    previous = _move(token, step.to, now, queue)
     _history(session, actor, token, step.action, previous)
     runtime.audit_log.record(session, actor, _token_entry(step.action, token))
     await session.flush()
@@ -677,7 +680,7 @@ async def transfer_token(
     elif token.status == Status.in_consultation and token.room_id is not None:
         token.completed_at = now
         source_live.finish(token.room_id, now)
-    previous = _move(token, Status.transferred, now)
+    previous = _move(token, Status.transferred, now, source_queue)
     _history(session, actor, token, TRANSFER, previous)
     moved = QueueToken(
         id=uuid.uuid4(),
@@ -695,6 +698,7 @@ async def transfer_token(
         appointment_at=token.appointment_at,
         planned_seconds=token.planned_seconds if token.appointment_id else target_queue.default_minutes * 60,
         version=1,
+        changed_version=target_queue.version,
         updated_at=now,
     )
     session.add(moved)

@@ -130,6 +130,7 @@ def upgrade() -> None:
         sa.Column("started_at", sehat.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("completed_at", sehat.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("changed_version", sa.Integer(), nullable=False),
         sa.Column("updated_at", sehat.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -148,6 +149,12 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_queue_tokens_queue_status", "queue_tokens", ["organization_id", "queue_id", "status"], unique=False
+    )
+    op.create_index(
+        "ix_queue_tokens_queue_changed",
+        "queue_tokens",
+        ["organization_id", "queue_id", "changed_version"],
+        unique=False,
     )
     op.create_index(
         "uq_queue_tokens_active_patient",
@@ -204,6 +211,7 @@ def downgrade() -> None:
         postgresql_where=sa.text("status IN ('waiting', 'called', 'in_consultation', 'skipped')"),
         sqlite_where=sa.text("status IN ('waiting', 'called', 'in_consultation', 'skipped')"),
     )
+    op.drop_index("ix_queue_tokens_queue_changed", table_name="queue_tokens")
     op.drop_index("ix_queue_tokens_queue_status", table_name="queue_tokens")
     op.drop_table("queue_tokens")
     op.drop_index("uq_queue_rooms_organization_id_queue_id_name", table_name="queue_rooms")

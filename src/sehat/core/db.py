@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 from sehat.core.actor import Actor, SystemActor
 from sehat.core.clock import utcnow
-from sehat.core.tenant_scope import bind_actor, share_scope
+from sehat.core.tenant_scope import bind_actor, enter_organization, share_scope
 from sehat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -157,6 +157,22 @@ class Database:
             keep = True
         finally:
             await finish(session, keep=keep)
+
+    @asynccontextmanager
+    async def snapshot(self, organization_id: uuid.UUID) -> AsyncIterator[AsyncSession]:
+        """A read-only transaction for one organization that sees one snapshot of the database throughout:
+        REPEATABLE READ on PostgreSQL; on SQLite a deferred transaction, which under WAL reads one snapshot
+        without taking the write lock (a unit of work would queue behind every writer for it)."""
+        session = AsyncSession(self.engine, expire_on_commit=False)
+        try:
+            await enter_organization(session, organization_id)
+            if not self.is_sqlite:
+                await session.connection(
+                    execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                )
+            yield session
+        finally:
+            await finish(session, keep=False)
 
     def side_engine(self) -> AsyncEngine:
         """A few connections of their own for short side transactions (see ``issue_counter_value``)."""

@@ -163,19 +163,11 @@ class BoardAnnouncer:
         self._live = live
         self._broadcaster = broadcaster
 
-    async def _enter_snapshot(self, session: AsyncSession, organization_id: uuid.UUID) -> None:
-        """Work for the organization in one snapshot: tokens and versions read in it agree, so the copies
-        built from them may be kept. Every SQLite transaction is serialized, which is one snapshot already."""
-        await enter_organization(session, organization_id)
-        if not self._database.is_sqlite:
-            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-
     async def announce(
         self, organization_id: uuid.UUID, facility_id: uuid.UUID, department_id: uuid.UUID | None
     ) -> None:
         """Publish every board showing queues of this facility (and department)."""
-        async with self._database.unit_of_work() as session:
-            await self._enter_snapshot(session, organization_id)
+        async with self._database.snapshot(organization_id) as session:
             shows_department = DisplayBoard.department_id.is_(None)
             if department_id is not None:
                 shows_department = or_(shows_department, DisplayBoard.department_id == department_id)
@@ -210,7 +202,6 @@ class BoardAnnouncer:
         """A board nobody has published yet (or whose state expired) gets its state now."""
         if await self._broadcaster.current(board_channel(board.id)) is not None:
             return
-        async with self._database.unit_of_work() as session:
-            await self._enter_snapshot(session, board.organization_id)
+        async with self._database.snapshot(board.organization_id) as session:
             generation, state = await board_state(session, self._live, board, snapshot=True)
         await self._broadcaster.publish(board_channel(board.id), state, generation=generation)

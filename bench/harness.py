@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -686,3 +687,54 @@ def run_benchmark(
     output = write_results(name, results)
     print(f"[bench] figures written to {output.relative_to(RESULTS_DIR.parent.parent)}")
     return 0
+
+
+def count_wire_statements(sync_engine: Any) -> tuple[Counter[str], Callable[[], None]]:
+    """From now on, count every statement the engine's connections send, by its first 110 characters: through
+    SQLAlchemy, or straight on a pooled asyncpg connection (a hot path's), each once. Returns the live counter
+    and the function that stops the counting."""
+    from sqlalchemy import event
+
+    statements: Counter[str] = Counter()
+    logged: set[int] = set()
+    in_cursor: set[int] = set()  # driver connections inside a SQLAlchemy execution (counted there already)
+
+    def shortened(statement: str) -> str:
+        return " ".join(statement.split())[:110]
+
+    def on_checkout(dbapi_connection: Any, *_: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in logged:
+            logged.add(id(driver))
+
+            def on_query(record: Any) -> None:
+                if id(driver) not in in_cursor:
+                    statements[shortened(record.query)] += 1
+
+            driver.add_query_logger(on_query)
+
+    def before_execute(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        in_cursor.add(id(connection.connection.driver_connection))
+        statements[shortened(statement)] += 1
+
+    def after_execute(connection: Any, *_: Any) -> None:
+        in_cursor.discard(id(connection.connection.driver_connection))
+
+    def on_error(context: Any) -> None:
+        if context.connection is not None:
+            in_cursor.discard(id(context.connection.connection.driver_connection))
+
+    listeners = (
+        ("checkout", on_checkout),
+        ("before_cursor_execute", before_execute),
+        ("after_cursor_execute", after_execute),
+        ("handle_error", on_error),
+    )
+    for name, listener in listeners:
+        event.listen(sync_engine, name, listener)
+
+    def stop() -> None:
+        for name, listener in listeners:
+            event.remove(sync_engine, name, listener)
+
+    return statements, stop

@@ -106,6 +106,7 @@ from harness import (
     BenchmarkError,
     ServerProcess,
     app_url,
+    count_wire_statements,
     cpu_usage_between,
     free_loopback_port,
     log_step,
@@ -1421,52 +1422,14 @@ async def count_statements(settings: Settings, site: Site, samples: int = ROUND_
     one asyncpg logs outside those (BEGIN, COMMIT, ...), as in ``bench/scheduling.py``. One process: its copies of
     the queues are current, as a worker's are when it made the queue's last change itself."""
     from asgi_lifespan import LifespanManager
-    from sqlalchemy import event
 
     from sehat.app import create_app
 
     app = create_app(settings)
-    statements: Counter[str] = Counter()
-    logged: set[int] = set()
-    in_cursor: set[int] = set()
-
-    def shortened(statement: str) -> str:
-        return " ".join(statement.split())[:110]
-
-    def on_checkout(dbapi_connection: Any, *_: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if id(driver) not in logged:
-            logged.add(id(driver))
-
-            def on_query(record: Any) -> None:
-                if id(driver) not in in_cursor:
-                    statements[shortened(record.query)] += 1
-
-            driver.add_query_logger(on_query)
-
-    def before_execute(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        in_cursor.add(id(connection.connection.driver_connection))
-        statements[shortened(statement)] += 1
-
-    def after_execute(connection: Any, *_: Any) -> None:
-        in_cursor.discard(id(connection.connection.driver_connection))
-
-    def on_error(context: Any) -> None:
-        if context.connection is not None:
-            in_cursor.discard(id(context.connection.connection.driver_connection))
-
     figures: dict[str, Any] = {"samples": samples}
     patients = iter(site.take(2 * samples + 10))
     async with LifespanManager(app) as manager:
-        sync_engine = app.state.database.engine.sync_engine
-        listeners = (
-            ("checkout", on_checkout),
-            ("before_cursor_execute", before_execute),
-            ("after_cursor_execute", after_execute),
-            ("handle_error", on_error),
-        )
-        for name, listener in listeners:
-            event.listen(sync_engine, name, listener)
+        statements, stop_counting = count_wire_statements(app.state.database.engine.sync_engine)
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url=settings.public_base_url, timeout=30) as client:
             opened = await client.post(
@@ -1521,8 +1484,7 @@ async def count_statements(settings: Settings, site: Site, samples: int = ROUND_
             for _ in range(samples):
                 await issue()
             timed["issue"], counted["issue"] = [(time.perf_counter() - began) / samples], Counter(statements)
-        for name, listener in listeners:
-            event.remove(sync_engine, name, listener)
+        stop_counting()
     for name in ("issue", "call-next", "complete"):
         figures[name] = {
             "statements": round(sum(counted[name].values()) / samples, 2),

@@ -101,6 +101,7 @@ from harness import (
     LoadResult,
     ServerProcess,
     app_url,
+    count_wire_statements,
     cpu_usage_between,
     free_loopback_port,
     log_step,
@@ -1005,53 +1006,15 @@ async def count_statements(settings: Settings, clinic: Clinic) -> dict[str, Any]
     statements, which asyncpg's query logger does not see) plus every one asyncpg logs outside those (BEGIN,
     COMMIT, savepoints, and anything a hot path sends on the raw connection)."""
     from asgi_lifespan import LifespanManager
-    from sqlalchemy import event
 
     from sehat.app import create_app
 
     app = create_app(settings)
-    statements: Counter[str] = Counter()
-    logged: set[int] = set()
-    in_cursor: set[int] = set()  # driver connections inside a SQLAlchemy execution (counted there already)
-
-    def shortened(statement: str) -> str:
-        return " ".join(statement.split())[:110]
-
-    def on_checkout(dbapi_connection: Any, *_: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if id(driver) not in logged:
-            logged.add(id(driver))
-
-            def on_query(record: Any) -> None:
-                if id(driver) not in in_cursor:
-                    statements[shortened(record.query)] += 1
-
-            driver.add_query_logger(on_query)
-
-    def before_execute(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        in_cursor.add(id(connection.connection.driver_connection))
-        statements[shortened(statement)] += 1
-
-    def after_execute(connection: Any, *_: Any) -> None:
-        in_cursor.discard(id(connection.connection.driver_connection))
-
-    def on_error(context: Any) -> None:
-        if context.connection is not None:
-            in_cursor.discard(id(context.connection.connection.driver_connection))
-
     starts = clinic.grid(0, 2)
     search = clinic.search_path(clinic.probe)
     figures: dict[str, Any] = {"samples": ROUND_TRIP_SAMPLES}
     async with LifespanManager(app) as manager:
-        sync_engine = app.state.database.engine.sync_engine
-        listeners = (
-            ("checkout", on_checkout),
-            ("before_cursor_execute", before_execute),
-            ("after_cursor_execute", after_execute),
-            ("handle_error", on_error),
-        )
-        for name, listener in listeners:
-            event.listen(sync_engine, name, listener)
+        statements, stop_counting = count_wire_statements(app.state.database.engine.sync_engine)
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(
             transport=transport, base_url=settings.public_base_url, headers=clinic.desk.headers
@@ -1081,8 +1044,7 @@ async def count_statements(settings: Settings, clinic: Clinic) -> dict[str, Any]
                     "in_process_ms": round(seconds / ROUND_TRIP_SAMPLES * 1000, 2),
                     "statement_texts": {text: round(n / ROUND_TRIP_SAMPLES, 2) for text, n in statements.items()},
                 }
-        for name, listener in listeners:
-            event.remove(sync_engine, name, listener)
+        stop_counting()
     return figures
 
 

@@ -83,9 +83,7 @@ async def enrol_board(
     policy.ensure_can_manage_boards(actor)
     facility = await scheduling_service.visible_facility(session, actor, request.facility_id)
     if request.department_id is not None:
-        department = await scheduling_service.visible_department(session, actor, request.department_id)
-        if department.facility_id != facility.id:
-            raise NotFound("Department not found.", code="department_not_found")
+        await scheduling_service.visible_department(session, actor, request.department_id, at_facility=facility.id)
     assert actor.organization_id is not None
     key = new_display_key(actor.organization_id)
     board = DisplayBoard(

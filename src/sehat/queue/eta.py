@@ -117,6 +117,10 @@ class QueueEstimator:
     def waiting(self) -> list[Hashable]:
         return list(self._tokens)
 
+    @property
+    def waiting_count(self) -> int:
+        return len(self._tokens)
+
     # --- the rooms and the pace -----------------------------------------------------------------------
 
     def start_consultation(self, room: Hashable, token: Hashable, at: float, planned_seconds: float) -> None:

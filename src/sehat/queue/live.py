@@ -186,7 +186,7 @@ class LiveQueue:
                 }
                 for room_id, name in self.rooms.items()
             ],
-            "waiting_count": len(self.estimator.waiting()),
+            "waiting_count": self.estimator.waiting_count,
             "next": [
                 {
                     "token": entry.label,

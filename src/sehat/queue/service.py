@@ -25,7 +25,7 @@ from sehat.core.actor import Actor
 from sehat.core.audit import AuditEntry, AuditLog, Outcome
 from sehat.core.clock import utcnow
 from sehat.core.db import after_commit
-from sehat.core.errors import Conflict, NotFound
+from sehat.core.errors import Conflict, NotFound, Problem
 from sehat.core.scoping import scoped_select
 from sehat.patients import service as patients_service
 from sehat.queue import policy
@@ -48,6 +48,8 @@ from sehat.queue.schemas import (
 from sehat.scheduling import changes as appointment_changes
 from sehat.scheduling import service as scheduling_service
 from sehat.scheduling.models import AppointmentStatus
+from sehat.tenancy import policy as tenancy_policy
+from sehat.tenancy import service as tenancy_service
 from sehat.tenancy.models import Facility
 
 ISSUE = "queue.token.issue"
@@ -300,9 +302,7 @@ async def open_queue(session: AsyncSession, runtime: QueueRuntime, actor: Actor,
     facility = await scheduling_service.visible_facility(session, actor, request.facility_id)
     await scheduling_service.ensure_staff_works_at(session, actor, facility.id)
     if request.department_id is not None:
-        department = await scheduling_service.visible_department(session, actor, request.department_id)
-        if department.facility_id != facility.id:
-            raise NotFound("Department not found.", code="department_not_found")
+        await scheduling_service.visible_department(session, actor, request.department_id, at_facility=facility.id)
     if request.practitioner_id is not None:
         await scheduling_service.bookable_practitioner(session, actor, request.practitioner_id)
     taken = await session.scalar(
@@ -356,18 +356,16 @@ async def _locked_queue(
     values: dict[str, Any] = {"version": Queue.version + 1}
     if take_number:
         values["last_number"] = Queue.last_number + 1
+    statement = update(Queue).where(Queue.id == queue_id, Queue.organization_id == actor.organization_id)
+    if not tenancy_policy.sees_every_facility(actor):
+        # The caller's facilities checked in the same statement: no second round trip while holding the lock.
+        statement = statement.where(Queue.facility_id.in_(tenancy_service.facilities_worked_at(actor)))
     statement = (
-        update(Queue)
-        .where(Queue.id == queue_id, Queue.organization_id == actor.organization_id)
-        .values(**values)
-        .returning(Queue)
-        .execution_options(populate_existing=True, synchronize_session=False)
+        statement.values(**values).returning(Queue).execution_options(populate_existing=True, synchronize_session=False)
     )
     queue = (await session.scalars(statement)).one_or_none()
-    message, code = f"{not_found.title()} not found.", f"{not_found}_not_found"
     if queue is None:
-        raise NotFound(message, code=code)
-    await _ensure_works_at(session, actor, queue, message, code)
+        raise NotFound(f"{not_found.title()} not found.", code=f"{not_found}_not_found")
     return queue
 
 
@@ -384,7 +382,7 @@ def _announce_after_commit(session: AsyncSession, runtime: QueueRuntime, queue: 
     after_commit(session, announce)
 
 
-def _refuse(runtime: QueueRuntime, queue: Queue, live: LiveQueue, problem: Conflict) -> Conflict:
+def _refuse(runtime: QueueRuntime, queue: Queue, live: LiveQueue, problem: Problem) -> Problem:
     """A refusal before anything changed: the copy is still current at the version before this transaction's
     bump (which the rollback undoes), so it goes back rather than being rebuilt next time."""
     runtime.live.keep(queue.id, queue.version - 1, live)
@@ -472,6 +470,32 @@ async def _origin(session: AsyncSession, actor: Actor, queue: Queue, request: To
     )
 
 
+def _new_token(
+    queue: Queue, origin: _Origin, *, arrived_at: datetime, now: datetime, transferred_from_id: uuid.UUID | None = None
+) -> QueueToken:
+    """A waiting token with the number the queue's locked row just gave out (``last_number``), changed at the
+    queue's new version."""
+    return QueueToken(
+        id=uuid.uuid4(),
+        organization_id=queue.organization_id,
+        queue_id=queue.id,
+        number=queue.last_number,
+        label=_label(queue, queue.last_number),
+        patient_id=origin.patient_id,
+        appointment_id=origin.appointment_id,
+        transferred_from_id=transferred_from_id,
+        source=origin.source,
+        priority=origin.priority,
+        status=Status.waiting,
+        arrived_at=arrived_at,
+        appointment_at=origin.appointment_at,
+        planned_seconds=origin.planned_seconds,
+        version=1,
+        changed_version=queue.version,
+        updated_at=now,
+    )
+
+
 async def issue_token(
     session: AsyncSession, runtime: QueueRuntime, actor: Actor, queue_id: uuid.UUID, request: TokenCreate
 ) -> TokenRead:
@@ -484,24 +508,7 @@ async def issue_token(
         raise Conflict("The patient already holds a token in this queue.", code="token_already_active")
     live = await runtime.live.take(session, queue)
     now = utcnow()
-    token = QueueToken(
-        id=uuid.uuid4(),
-        organization_id=queue.organization_id,
-        queue_id=queue.id,
-        number=queue.last_number,
-        label=_label(queue, queue.last_number),
-        patient_id=origin.patient_id,
-        appointment_id=origin.appointment_id,
-        source=origin.source,
-        priority=origin.priority,
-        status=Status.waiting,
-        arrived_at=now,
-        appointment_at=origin.appointment_at,
-        planned_seconds=origin.planned_seconds,
-        version=1,
-        changed_version=queue.version,
-        updated_at=now,
-    )
+    token = _new_token(queue, origin, arrived_at=now, now=now)
     session.add(token)
     _history(session, actor, token, ISSUE, None)
     runtime.audit_log.record(session, actor, _token_entry(ISSUE, token, source=token.source))
@@ -523,8 +530,7 @@ async def call_next(
     queue = await _locked_queue(session, actor, queue_id)
     live = await runtime.live.take(session, queue)
     if room_id not in live.rooms:
-        runtime.live.keep(queue.id, queue.version - 1, live)
-        raise NotFound("Room not found.", code="room_not_found")
+        raise _refuse(runtime, queue, live, NotFound("Room not found.", code="room_not_found"))
     if queue.paused:
         raise _refuse(runtime, queue, live, Conflict("The queue is paused.", code="queue_paused"))
     if room_id in live.in_room:
@@ -682,25 +688,16 @@ async def transfer_token(
         source_live.finish(token.room_id, now)
     previous = _move(token, Status.transferred, now, source_queue)
     _history(session, actor, token, TRANSFER, previous)
-    moved = QueueToken(
-        id=uuid.uuid4(),
-        organization_id=target_queue.organization_id,
-        queue_id=target_queue.id,
-        number=target_queue.last_number,
-        label=_label(target_queue, target_queue.last_number),
-        patient_id=token.patient_id,
-        appointment_id=token.appointment_id,
-        transferred_from_id=token.id,
-        source=TokenSource.transfer,
-        priority=request.priority or token.priority,
-        status=Status.waiting,
-        arrived_at=token.arrived_at,
-        appointment_at=token.appointment_at,
-        planned_seconds=token.planned_seconds if token.appointment_id else target_queue.default_minutes * 60,
-        version=1,
-        changed_version=target_queue.version,
-        updated_at=now,
+    planned = token.planned_seconds if token.appointment_id else target_queue.default_minutes * 60
+    origin = _Origin(
+        token.patient_id,
+        token.appointment_id,
+        token.appointment_at,
+        planned,
+        TokenSource.transfer,
+        request.priority or Priority(token.priority),
     )
+    moved = _new_token(target_queue, origin, arrived_at=token.arrived_at, now=now, transferred_from_id=token.id)
     session.add(moved)
     _history(session, actor, moved, TRANSFER, None)
     runtime.audit_log.record(session, actor, _token_entry(TRANSFER, token, to_token=moved.id, to_queue=moved.queue_id))

@@ -80,9 +80,13 @@ async def visible_facility(session: AsyncSession, actor: Actor, facility_id: uui
     return facility
 
 
-async def visible_department(session: AsyncSession, actor: Actor, department_id: uuid.UUID) -> Department:
+async def visible_department(
+    session: AsyncSession, actor: Actor, department_id: uuid.UUID, *, at_facility: uuid.UUID | None = None
+) -> Department:
+    """The department, if the caller's organization has it (and, with ``at_facility``, if it is that
+    facility's): otherwise 404."""
     department = await session.scalar(scoped_select(Department, actor).where(Department.id == department_id))
-    if department is None:
+    if department is None or (at_facility is not None and department.facility_id != at_facility):
         raise NotFound("Department not found.", code="department_not_found")
     return department
 

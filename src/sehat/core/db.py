@@ -22,7 +22,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from sehat.core.actor import Actor, SystemActor
@@ -97,10 +96,25 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+# Room for every request an embedded clinic has under way at once, and the side transactions some of them open
+# (eight readers, a key rotation and their audit writes hang a pool of 8); the wait is at least as long as
+# SQLite's own busy timeout (15 s), which a writer would otherwise have spent polling.
+_SQLITE_POOL_SIZE = 32
+_SQLITE_POOL_TIMEOUT_SECONDS = 15.0
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
-        # Each SQLite connection is cheap; pooling them only holds file locks longer than needed.
-        engine = create_async_engine(settings.database_url, poolclass=NullPool)
+        # A few connections, and everyone else waits for one in the pool's line. SQLite admits one writer at a
+        # time, and its busy handler is no line: each connection polls, backing off up to 100 ms between tries,
+        # so with hundreds at once (500 token issues) a few lost every race for 15 s and failed. Waiting in
+        # the pool is first come, first served. Connections opened per use (NullPool) are what made that crowd.
+        engine = create_async_engine(
+            settings.database_url,
+            pool_size=_SQLITE_POOL_SIZE,
+            max_overflow=0,
+            pool_timeout=max(settings.database_pool_timeout_seconds, _SQLITE_POOL_TIMEOUT_SECONDS),
+        )
         _install_sqlite_pragmas(engine)
         return engine
     connect_args: dict[str, Any] = {"server_settings": {"application_name": "sehat"}}

@@ -102,7 +102,6 @@ import auth
 import scheduling
 from harness import (
     RESULTS_DIR,
-    BackendSampler,
     BenchmarkError,
     ServerProcess,
     app_url,
@@ -111,7 +110,6 @@ from harness import (
     free_loopback_port,
     log_step,
     percentile,
-    postgres_database_counters,
     postgres_version,
     prepare_database,
     run_benchmark,
@@ -499,14 +497,6 @@ def sockets_per_worker(server: ServerProcess, client_ports: set[int]) -> list[in
                         held += 1
         counts.append(held)
     return sorted(counts, reverse=True)
-
-
-def worker_cores(processes: Mapping[str, float]) -> list[float]:
-    """Cores busy per server worker, busiest first (multiprocessing's resource tracker, idle, left out)."""
-    return sorted(
-        (round(value, 2) for name, value in processes.items() if name.startswith("server worker") and value > 0.01),
-        reverse=True,
-    )
 
 
 def raise_open_files_limit(needed: int) -> int:
@@ -971,7 +961,7 @@ def board_figures(
         "answer_to_last_socket": _milliseconds(after_answer),
         "measured_seconds": round(wall, 1),
         "cpu_cores_busy": cores,
-        "server_workers_cores": worker_cores(processes),
+        "server_workers_cores": scheduling.worker_cores(processes),
         "app_cpu_ms_per_step": round(usage.server_cpu_seconds / max(measured_steps, 1) * 1000, 1),
         "steps_measured": measured_steps,
         "clients": clients,
@@ -1032,13 +1022,7 @@ class _OperationsTally:
 def generate_operations(job: OperationsJob, ready: Any, go: Any, results: Any) -> None:
     """In a process of its own: connect every client, say so (``ready``), wait for ``go``, then load for
     ``job.seconds``; puts one summary in ``results``."""
-    try:
-        import uvloop
-    except ImportError:
-        outcome = asyncio.run(_generate_operations(job, ready, go))
-    else:
-        outcome = uvloop.run(_generate_operations(job, ready, go))
-    results.put(outcome)
+    results.put(scheduling.run_client_loop(_generate_operations(job, ready, go)))
 
 
 async def _generate_operations(job: OperationsJob, ready: Any, go: Any) -> dict[str, Any]:
@@ -1153,35 +1137,10 @@ _SUCCESS = {"issue": 201, "call-next": 200, "complete": 200, "healthz": 200}
 def run_operations(server: ServerProcess, database: str, job: OperationsJob, label: str) -> dict[str, Any]:
     """One load: the generator process connects its clients, then the clock, the CPU accounting, the database
     counters and the backend sampler start together with it."""
-    context = multiprocessing.get_context("spawn")
-    ready, go, results = context.Event(), context.Event(), context.Queue()
-    process = context.Process(target=generate_operations, args=(job, ready, go, results), daemon=True)
-    process.start()
-    try:
-        if not ready.wait(60):
-            raise BenchmarkError(f"the load generator did not connect (exit code {process.exitcode})")
-        counters_before = asyncio.run(postgres_database_counters(database))
-        with BackendSampler(database) as backends:
-            before, processes_before = take_cpu_snapshot(server.pid), scheduling.process_cpu_seconds(server)
-            go.set()
-            try:
-                outcome = results.get(timeout=job.seconds + 60)
-            except queue.Empty:
-                raise BenchmarkError(f"the load generator sent no results ({label})") from None
-            process.join(timeout=30)
-            after, processes_after = take_cpu_snapshot(server.pid), scheduling.process_cpu_seconds(server)
-        time.sleep(auth.POSTGRES_STATISTICS_DELAY_SECONDS)  # backends report their counters when idle
-        counters_after = asyncio.run(postgres_database_counters(database))
-    finally:
-        if process.is_alive():
-            process.kill()  # ours, by its handle: only on the way out of a failed run
-            process.join(timeout=5)
+    run = scheduling.run_generator(server, database, generate_operations, job, label)
+    outcome, usage, processes = run.outcome, run.usage, run.processes
     samples = outcome["samples"]
-    if not samples:
-        raise BenchmarkError(f"no request completed ({label}); server log:\n{server.log_tail()}")
     elapsed = outcome["elapsed_seconds"]
-    usage = cpu_usage_between(before, after)
-    processes = scheduling.cores_between(processes_before, processes_after, after.wall - before.wall)
     by_kind: dict[str, Any] = {}
     for kind in sorted(
         {sample[0] for sample in samples},
@@ -1219,11 +1178,9 @@ def run_operations(server: ServerProcess, database: str, job: OperationsJob, lab
         "doctors_idle_share": outcome["doctors_idle_share"],
         "used": outcome["used"],
         "server_cpu_us_per_request": round(usage.server_cpu_seconds / requests * 1e6, 1),
-        "postgres_transactions_per_request": round(
-            (counters_after["transactions"] - counters_before["transactions"]) / requests, 2
-        ),
-        "postgres_new_connections": counters_after["sessions"] - counters_before["sessions"],
-        "postgres_backends": backends.mean_backends,
+        "postgres_transactions_per_request": round(run.transactions / requests, 2),
+        "postgres_new_connections": run.new_connections,
+        "postgres_backends": run.postgres_backends,
         "cpu_cores_busy": scheduling.recount_cores(
             usage.cores_busy,
             {
@@ -1232,7 +1189,7 @@ def run_operations(server: ServerProcess, database: str, job: OperationsJob, lab
                 "background worker": processes["background worker"],
             },
         ),
-        "server_workers_cores": worker_cores(processes),
+        "server_workers_cores": scheduling.worker_cores(processes),
     }
 
 
@@ -1631,17 +1588,6 @@ def targets(results: Mapping[str, Any]) -> dict[str, Any]:
 # --- report --------------------------------------------------------------------------------------------------
 
 
-def _cores(cores: Mapping[str, float]) -> str:
-    return ", ".join(
-        f"{name} {value:.2f}" for name, value in cores.items() if value >= 0.005 or name == "whole machine"
-    )
-
-
-def _check(name: str, check: Mapping[str, Any]) -> str:
-    measured = f" ({check['measured']})" if "measured" in check else ""
-    return f"  check {name.replace('_', ' ')}{measured}: {'yes' if check['met'] else 'NO'}"
-
-
 def _latency(label: str, figures: Mapping[str, Any]) -> str:
     return (
         f"    {label:<44} p50 {figures['p50_ms']:>7.2f} ms   p99 {figures['p99_ms']:>7.2f} ms   "
@@ -1682,8 +1628,8 @@ def render_boards(boards: Mapping[str, Any]) -> list[str]:
             _latency("call-next's HTTP answer", boards["call_next_answer"]),
             _latency("from that answer to the last socket", boards["answer_to_last_socket"]),
             f"    cores busy over the measured steps ({boards['steps_measured']} steps, calls and the completes "
-            f"between them, {boards['measured_seconds']:g} s): {_cores(boards['cpu_cores_busy'])}; per server "
-            "worker: " + " / ".join(f"{value:.2f}" for value in boards["server_workers_cores"]),
+            f"between them, {boards['measured_seconds']:g} s): {scheduling._cores(boards['cpu_cores_busy'])}; "
+            "per server worker: " + " / ".join(f"{value:.2f}" for value in boards["server_workers_cores"]),
             f"    CPU per step: app server {boards['app_cpu_ms_per_step']:g} ms (the request and the fan-out to every "
             f"socket), board clients {boards['client_cpu_ms_per_step']:g} ms (every socket's receipt), same cores",
         ]
@@ -1700,7 +1646,7 @@ def render_boards(boards: Mapping[str, Any]) -> list[str]:
                 "another machine would see less. More client processes on these cores were slower, not faster "
                 "(--board-processes)."
             )
-    lines += [_check(name, check) for name, check in boards["checks"].items()]
+    lines += [scheduling._check(name, check) for name, check in boards["checks"].items()]
     return lines
 
 
@@ -1746,7 +1692,7 @@ def render_operations(operations: Mapping[str, Any], ceiling: Mapping[str, Any] 
         f"    app server CPU {load['server_cpu_us_per_request']:,.0f} µs per operation ({HEALTHZ}: "
         f"{healthz['server_cpu_us_per_request']:,.0f} µs); PostgreSQL transactions per operation "
         f"{load['postgres_transactions_per_request']:g}, new connections {load['postgres_new_connections']}",
-        f"    cores busy: {_cores(load['cpu_cores_busy'])}; per server worker: "
+        f"    cores busy: {scheduling._cores(load['cpu_cores_busy'])}; per server worker: "
         + " / ".join(f"{value:.2f}" for value in load["server_workers_cores"]),
         "    PostgreSQL backends (mean per 20 ms sample): "
         + (", ".join(f"{state} {mean:g}" for state, mean in list(load["postgres_backends"].items())[:5]) or "none"),
@@ -1755,7 +1701,7 @@ def render_operations(operations: Mapping[str, Any], ceiling: Mapping[str, Any] 
         for pgbench in ceiling["runs"]:
             lines.append(
                 f"    ceiling: {pgbench['command']} ({pgbench['moment']}): {pgbench['tps']:,.0f} tps, latency average "
-                f"{pgbench['latency_average_ms']} ms; cores busy: {_cores(pgbench['cpu_cores_busy'])}"
+                f"{pgbench['latency_average_ms']} ms; cores busy: {scheduling._cores(pgbench['cpu_cores_busy'])}"
             )
         lines.append(f"    pgbench mean: {ceiling['tps_mean']:,.0f} tps")
     database = operations["database"]
@@ -1763,7 +1709,7 @@ def render_operations(operations: Mapping[str, Any], ceiling: Mapping[str, Any] 
         f"    in the database: {database['tokens']:,} tokens, {database['calls_in_history']:,} calls and "
         f"{database['completions_in_history']:,} completions in the history"
     )
-    lines += [_check(name, check) for name, check in operations["checks"].items()]
+    lines += [scheduling._check(name, check) for name, check in operations["checks"].items()]
     return lines
 
 

@@ -82,7 +82,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -538,16 +538,19 @@ class _LaneTally:
     exhausted: bool = False
 
 
-def generate_load(job: LoadJob, ready: Any, go: Any, results: Any) -> None:
-    """In a process of its own: connect every client, say so (``ready``), wait for ``go``, then load for
-    ``job.seconds``; puts one summary in ``results``."""
+def run_client_loop(main: Coroutine[Any, Any, Any]) -> Any:
+    """Run a load generator's coroutine on uvloop when it is installed (a cheaper client), else asyncio."""
     try:
         import uvloop
     except ImportError:
-        outcome = asyncio.run(_generate(job, ready, go))
-    else:
-        outcome = uvloop.run(_generate(job, ready, go))
-    results.put(outcome)
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def generate_load(job: LoadJob, ready: Any, go: Any, results: Any) -> None:
+    """In a process of its own: connect every client, say so (``ready``), wait for ``go``, then load for
+    ``job.seconds``; puts one summary in ``results``."""
+    results.put(run_client_loop(_generate(job, ready, go)))
 
 
 async def _generate(job: LoadJob, ready: Any, go: Any) -> dict[str, Any]:
@@ -699,12 +702,24 @@ def cores_between(before: Mapping[str, float], after: Mapping[str, float], wall:
     return {name: (after[name] - before.get(name, 0.0)) / wall for name in after}
 
 
-def run_lanes(server: ServerProcess, database: str, job: LoadJob, label: str) -> LoadRun:
-    """One load: the generator process connects its clients, then the clock, the CPU accounting, the database
-    counters and the backend sampler start together with it."""
+@dataclass(frozen=True)
+class GeneratorRun:
+    """What a load generator process returned, and what the server, its workers and PostgreSQL did meanwhile."""
+
+    outcome: dict[str, Any]
+    usage: Any  # harness.CpuUsage of the server and the machine
+    processes: dict[str, float]  # cores busy per server worker and for the background worker
+    transactions: int
+    new_connections: int
+    postgres_backends: dict[str, float]
+
+
+def run_generator(server: ServerProcess, database: str, target: Any, job: Any, label: str) -> GeneratorRun:
+    """One load: ``target(job, ready, go, results)`` in a process of its own connects its clients, then the
+    clock, the CPU accounting, the database counters and the backend sampler start together with it."""
     context = multiprocessing.get_context("spawn")
     ready, go, results = context.Event(), context.Event(), context.Queue()
-    process = context.Process(target=generate_load, args=(job, ready, go, results), daemon=True)
+    process = context.Process(target=target, args=(job, ready, go, results), daemon=True)
     process.start()
     try:
         if not ready.wait(60):
@@ -726,13 +741,33 @@ def run_lanes(server: ServerProcess, database: str, job: LoadJob, label: str) ->
         if process.is_alive():
             process.kill()  # ours, by its handle: only on the way out of a failed run
             process.join(timeout=5)
-    samples = outcome["samples"]
-    if not samples:
+    if not outcome["samples"]:
         raise BenchmarkError(f"no request completed ({label}); server log:\n{server.log_tail()}")
+    return GeneratorRun(
+        outcome=outcome,
+        usage=cpu_usage_between(before, after),
+        processes=cores_between(processes_before, processes_after, after.wall - before.wall),
+        transactions=counters_after["transactions"] - counters_before["transactions"],
+        new_connections=counters_after["sessions"] - counters_before["sessions"],
+        postgres_backends=backends.mean_backends,
+    )
+
+
+def worker_cores(processes: Mapping[str, float]) -> list[float]:
+    """Cores busy per server worker, busiest first (multiprocessing's resource tracker, idle, left out)."""
+    return sorted(
+        (round(value, 2) for name, value in processes.items() if name.startswith("server worker") and value > 0.01),
+        reverse=True,
+    )
+
+
+def run_lanes(server: ServerProcess, database: str, job: LoadJob, label: str) -> LoadRun:
+    """One booking or search load (``run_generator``), summed up."""
+    run = run_generator(server, database, generate_load, job, label)
+    outcome, usage, processes = run.outcome, run.usage, run.processes
+    samples = outcome["samples"]
     latencies = [latency / 1e6 for latency, _status, _code in samples]
     elapsed = outcome["elapsed_seconds"]
-    usage = cpu_usage_between(before, after)
-    processes = cores_between(processes_before, processes_after, after.wall - before.wall)
     # The generator's own CPU while loading (its start-up and imports are left out).
     cores = recount_cores(
         usage.cores_busy,
@@ -761,10 +796,8 @@ def run_lanes(server: ServerProcess, database: str, job: LoadJob, label: str) ->
         cpu_cores_busy=cores,
         server_cpu_us_per_request=round(usage.server_cpu_seconds / requests * 1e6, 1),
         backend_per_request={
-            "postgres_transactions": round(
-                (counters_after["transactions"] - counters_before["transactions"]) / requests, 3
-            ),
-            "postgres_new_connections_total": counters_after["sessions"] - counters_before["sessions"],
+            "postgres_transactions": round(run.transactions / requests, 3),
+            "postgres_new_connections_total": run.new_connections,
         },
     )
     return LoadRun(
@@ -773,11 +806,8 @@ def run_lanes(server: ServerProcess, database: str, job: LoadJob, label: str) ->
         problems=dict(problems.most_common()),
         sent_per_client=outcome["sent"],
         exhausted_clients=outcome["exhausted_lanes"],
-        postgres_backends=backends.mean_backends,
-        server_workers_cores=sorted(
-            (round(value, 2) for name, value in processes.items() if name.startswith("server worker") and value > 0.01),
-            reverse=True,
-        ),
+        postgres_backends=run.postgres_backends,
+        server_workers_cores=worker_cores(processes),
     )
 
 
